@@ -1,0 +1,1 @@
+"""Where a plan goes: the Linux kexec syscalls, or nowhere (dry run)."""

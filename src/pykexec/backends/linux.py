@@ -1,0 +1,164 @@
+"""The Linux kexec syscalls through ctypes: kexec_load, kexec_file_load, unload,
+status, and reboot(LINUX_REBOOT_CMD_KEXEC). Kernel errors become one-line
+:class:`SyscallError` messages that say what to do."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+from pykexec.errors import KexecError, SyscallError
+from pykexec.layouts import kexec as abi
+from pykexec.plan import LoadPlan
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+SYS_KEXEC = Path("/sys/kernel")
+
+
+def _call(nr: int, *args: object) -> int:
+    ctypes.set_errno(0)
+    ret = _syscall(ctypes.c_long(nr), *args)
+    if ret < 0:
+        return ctypes.get_errno() or errno.EIO
+    return 0
+
+
+def lockdown_state() -> str:
+    try:
+        text = Path("/sys/kernel/security/lockdown").read_text()
+    except OSError:
+        return "none"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "none"
+
+
+def kexec_load_disabled() -> bool:
+    try:
+        return Path("/proc/sys/kernel/kexec_load_disabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _eperm_reason(syscall: str) -> str:
+    if os.geteuid() != 0:
+        return "needs root (CAP_SYS_BOOT)"
+    if kexec_load_disabled():
+        return "kexec is disabled by sysctl kernel.kexec_load_disabled=1 (cannot be undone until reboot)"
+    lock = lockdown_state()
+    if syscall == "kexec_load" and lock != "none":
+        return f"kernel lockdown ({lock}) forbids kexec_load; use -s (kexec_file_load) with a signed kernel"
+    return "operation not permitted (CAP_SYS_BOOT missing, or a security module refused)"
+
+
+def explain(err: int, syscall: str, plan: LoadPlan | None = None) -> str:
+    """One line saying why the kernel refused, in terms of what the user can change."""
+    what = f"{syscall} failed"
+    if err == errno.EPERM:
+        return f"{what}: {_eperm_reason(syscall)}"
+    if err == errno.EBUSY:
+        return f"{what}: busy: another kexec load or unload is in progress, or the crash kernel is in use"
+    if err == errno.ENOSYS:
+        option = "CONFIG_KEXEC_FILE" if syscall == "kexec_file_load" else "CONFIG_KEXEC"
+        return f"{what}: this kernel has no {syscall} ({option} is off)"
+    if err == errno.ENOEXEC:
+        return f"{what}: the kernel cannot load this image type with {syscall} (not a bzImage it accepts)"
+    if err in (errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG, errno.ENODATA, errno.ENOPKG, errno.ELIBBAD):
+        return (f"{what}: the kernel's signature was rejected ({errno.errorcode.get(err, err)}): "
+                "it is not signed by a key in the .builtin/.secondary/.platform/MOK keyrings")
+    if err == errno.ENOMEM:
+        return f"{what}: out of memory, or the crash kernel region is too small for the image"
+    if err == errno.EADDRNOTAVAIL:
+        return f"{what}: no room for the image in the crash kernel region"
+    if err == errno.EINVAL:
+        if plan is not None and plan.segments:
+            segs = ", ".join(f"{s.role}@{s.mem:#x}+{s.memsz:#x}" for s in plan.sorted_segments())
+            return (f"{what}: the kernel rejected the segments (EINVAL) although they pass our checks "
+                    f"[{segs}]: a segment is probably outside memory the kernel can use")
+        return f"{what}: invalid argument (EINVAL)"
+    return f"{what}: {os.strerror(err)}"
+
+
+def kexec_load(plan: LoadPlan) -> None:
+    """Hand the plan's segments to the kernel. Buffers are passed without copying; the
+    bytes objects stay referenced by ``plan`` until the call returns."""
+    segs = plan.sorted_segments()
+    array = (abi.KexecSegment * len(segs))()
+    keep: list[object] = []
+    for i, s in enumerate(segs):
+        buf = bytes(s.data) if not isinstance(s.data, bytes) else s.data
+        keep.append(buf)
+        ptr = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value
+        array[i] = abi.KexecSegment(ptr, len(buf), s.mem, s.memsz)
+    flags = abi.KEXEC_ARCH_X86_64 | (abi.KEXEC_ON_CRASH if plan.crash else 0)
+    assert plan.entry is not None
+    err = _call(abi.NR_KEXEC_LOAD, ctypes.c_ulong(plan.entry), ctypes.c_ulong(len(segs)),
+                ctypes.byref(array), ctypes.c_ulong(flags))
+    del keep
+    if err:
+        raise SyscallError(explain(err, "kexec_load", plan), err, "kexec_load")
+
+
+def kexec_file_load(kernel: Path, initrd: Path | None, cmdline: str, crash: bool) -> int:
+    """Returns 0 or the errno (so -a can decide to fall back); raises on file errors."""
+    flags = abi.KEXEC_FILE_ON_CRASH if crash else 0
+    if initrd is None:
+        flags |= abi.KEXEC_FILE_NO_INITRAMFS
+    cmd = cmdline.encode() + b"\0"
+    try:
+        kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise KexecError(f"cannot open {kernel}: {e.strerror}") from None
+    ifd = -1
+    try:
+        if initrd is not None:
+            try:
+                ifd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise KexecError(f"cannot open {initrd}: {e.strerror}") from None
+        return _call(abi.NR_KEXEC_FILE_LOAD, ctypes.c_int(kfd), ctypes.c_int(ifd), ctypes.c_ulong(len(cmd)),
+                     ctypes.c_char_p(cmd), ctypes.c_ulong(flags))
+    finally:
+        os.close(kfd)
+        if ifd >= 0:
+            os.close(ifd)
+
+
+def unload(crash: bool, use_file_syscall: bool | None) -> None:
+    """Unload with the syscall family that loaded (lockdown forbids kexec_load even for
+    unloading): file unload first unless told otherwise, then kexec_load(nr=0)."""
+    if use_file_syscall is not False:
+        flags = abi.KEXEC_FILE_UNLOAD | (abi.KEXEC_FILE_ON_CRASH if crash else 0)
+        err = _call(abi.NR_KEXEC_FILE_LOAD, ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_ulong(0),
+                    ctypes.c_void_p(None), ctypes.c_ulong(flags))
+        if not err:
+            return
+        if use_file_syscall or err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise SyscallError(explain(err, "kexec_file_load"), err, "kexec_file_load")
+    flags = abi.KEXEC_ARCH_X86_64 | (abi.KEXEC_ON_CRASH if crash else 0)
+    err = _call(abi.NR_KEXEC_LOAD, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_void_p(None), ctypes.c_ulong(flags))
+    if err:
+        raise SyscallError(explain(err, "kexec_load"), err, "kexec_load")
+
+
+def is_loaded(crash: bool) -> bool:
+    name = "kexec_crash_loaded" if crash else "kexec_loaded"
+    try:
+        return (SYS_KEXEC / name).read_text().strip() == "1"
+    except OSError:
+        raise KexecError(f"cannot read /sys/kernel/{name}: is sysfs mounted and CONFIG_KEXEC on?") from None
+
+
+def execute() -> None:
+    """sync, then reboot into the loaded image. Returns only on failure."""
+    if not is_loaded(crash=False):
+        raise KexecError("nothing has been loaded: load a kernel with -l first")
+    os.sync()
+    err = _call(abi.NR_REBOOT, ctypes.c_uint(abi.LINUX_REBOOT_MAGIC1), ctypes.c_uint(abi.LINUX_REBOOT_MAGIC2),
+                ctypes.c_uint(abi.LINUX_REBOOT_CMD_KEXEC), ctypes.c_void_p(None))
+    raise SyscallError(explain(err or errno.EIO, "reboot(LINUX_REBOOT_CMD_KEXEC)"), err, "reboot")
+

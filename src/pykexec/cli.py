@@ -1,0 +1,265 @@
+"""Command line: kexec-tools' flags, plus --dry-run, --json and --machine.
+
+Thin by design: parse options, read the inputs, then probe -> image -> plan -> validate
+-> backend. Every expected failure is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import re
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from pykexec import __version__
+from pykexec import images
+from pykexec import machine as machine_mod
+from pykexec.errors import InputError, KexecError, UsageError
+from pykexec.machine import Machine
+from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, FileLoadInputs, LoadPlan, validate
+
+# --reuse-cmdline drops what belongs to the running kernel's boot only.
+_DROP_ON_REUSE = ("BOOT_IMAGE=", "crashkernel=", "kexec_jump_back_entry=")
+_CMDLINE_WORD = re.compile(r'(?:[^\s"]+|"[^"]*")+')
+# kexec_file_load errors after which kexec_load may be tried (not signature errors).
+_FALLBACK_ERRNOS = (errno.ENOSYS, errno.EINVAL, errno.ENOEXEC, errno.EOPNOTSUPP)
+
+
+def _address(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the 64-bit address space")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pykexec", add_help=False,
+                usage="pykexec [-l|-p|-e|-u|-S] [options] [KERNEL]\n"
+                      "       pykexec doctor | vmcore {dmesg,info,save} ...",
+                description="Load a new kernel and jump to it without firmware (a drop-in for kexec).")
+    act = p.add_argument_group("actions")
+    act.add_argument("-l", "--load", action="store_true", help="load KERNEL for a later -e")
+    act.add_argument("-p", "--load-panic", action="store_true", help="load KERNEL as the crash kernel")
+    act.add_argument("-e", "--exec", action="store_true", help="jump into the loaded kernel now")
+    act.add_argument("-u", "--unload", action="store_true", help="unload (with -p: the crash kernel)")
+    act.add_argument("-S", "--status", action="store_true",
+                     help="exit 1 if loaded, 0 if not (crash kernel, or normal with -l)")
+    p.add_argument("kernel", nargs="?", type=Path, help="kernel image (bzImage or ELF vmlinux)")
+    opt = p.add_argument_group("load options")
+    opt.add_argument("-t", "--type", help="image type: " + ", ".join(t.name for t in images.image_types()))
+    opt.add_argument("--initrd", "--ramdisk", type=Path, help="initial ramdisk")
+    opt.add_argument("--append", "--command-line", dest="append", metavar="STRING",
+                     help="kernel command line (the last one given wins, as in kexec-tools)")
+    opt.add_argument("--reuse-cmdline", action="store_true",
+                     help="start from /proc/cmdline (without BOOT_IMAGE=, crashkernel=, kexec_jump_back_entry=)")
+    opt.add_argument("--module", action="append", default=[], metavar='"FILE ARGS"',
+                     help="multiboot module (repeatable)")
+    opt.add_argument("--mem-min", type=_address, default=0, help="lowest address to use")
+    opt.add_argument("--mem-max", type=_address, default=(1 << 64) - 1, help="highest address to use")
+    opt.add_argument("--args-linux", action="store_true", help="accepted for kexec-tools compatibility (ELF)")
+    sc = opt.add_mutually_exclusive_group()
+    sc.add_argument("-s", "--kexec-file-syscall", dest="syscall", action="store_const", const="file",
+                    help="use kexec_file_load only (signed kernels, Secure Boot)")
+    sc.add_argument("-c", "--kexec-syscall", dest="syscall", action="store_const", const="load",
+                    help="use kexec_load only (our purgatory)")
+    sc.add_argument("-a", "--kexec-syscall-auto", dest="syscall", action="store_const", const="auto",
+                    help="kexec_file_load, falling back to kexec_load when allowed (default)")
+    out = p.add_argument_group("planning")
+    out.add_argument("--dry-run", action="store_true", help="do everything but the syscall; print the plan")
+    out.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    out.add_argument("--machine", type=Path, metavar="FILE.json",
+                     help="plan for the machine described in FILE instead of this one (implies --dry-run)")
+    misc = p.add_argument_group("other")
+    misc.add_argument("-d", "--debug", action="store_true", help="verbose output; purgatory prints on ttyS0")
+    misc.add_argument("-v", "--version", action="version", version=f"pykexec {__version__}")
+    misc.add_argument("-h", "--help", action="help", help="show this help and exit")
+    return p
+
+
+def compose_cmdline(running: str, reuse: bool, append: str | None, crash: bool) -> str:
+    words: list[str] = []
+    if reuse:
+        words = [w for w in _CMDLINE_WORD.findall(running) if not w.startswith(_DROP_ON_REUSE)]
+    if append:
+        words.append(append.strip())
+    return " ".join(w for w in words if w)
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a directory") from None
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
+    if not data:
+        raise InputError(f"{what} {path} is empty")
+    return data
+
+
+def _debug(args: argparse.Namespace, message: str) -> None:
+    if args.debug:
+        print(f"pykexec: {message}", file=sys.stderr)
+
+
+def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_type: images.ImageType,
+              backend: str) -> LoadPlan:
+    """Plan the load of the already read ``kernel`` for ``backend``."""
+    if args.load_panic and machine.crash_kernel is None:
+        raise UsageError(f"no crash kernel region is reserved on {machine.source} "
+                         "(boot with crashkernel=SIZE, e.g. crashkernel=256M)")
+    initrd = _read_input(args.initrd, "initrd") if args.initrd else None
+    cmdline = compose_cmdline(machine.cmdline, args.reuse_cmdline, args.append, args.load_panic)
+    if args.module:
+        raise UsageError(f"--module is for multiboot images; {args.kernel} is {image_type.name}")
+    if backend == BACKEND_KEXEC_FILE_LOAD:
+        if not image_type.file_load:
+            raise UsageError(f"kexec_file_load cannot load {image_type.name} images; use -c")
+        return LoadPlan(image_type=image_type.name, backend=backend, crash=args.load_panic, cmdline=cmdline,
+                        file_inputs=FileLoadInputs(args.kernel, args.initrd, cmdline))
+    if args.load_panic:
+        raise UsageError("crash kernels through kexec_load need an elfcorehdr, which pykexec does not build yet; "
+                         "use -s (kexec_file_load)")
+    req = images.LoadRequest(kernel_path=args.kernel, kernel=kernel, machine=machine, cmdline=cmdline,
+                             initrd_path=args.initrd, initrd=initrd, crash=args.load_panic,
+                             mem_min=args.mem_min, mem_max=args.mem_max, backend=backend)
+    plan = image_type.plan(req)
+    validate(plan, machine)
+    return plan
+
+
+def first_backend(args: argparse.Namespace, image_type: images.ImageType) -> str:
+    """-s and -c are explicit; -a (the default) starts with kexec_file_load when the
+    kernel could take the image."""
+    if args.syscall == "file":
+        return BACKEND_KEXEC_FILE_LOAD
+    if args.syscall == "load":
+        return BACKEND_KEXEC_LOAD
+    return BACKEND_KEXEC_FILE_LOAD if image_type.file_load else BACKEND_KEXEC_LOAD
+
+
+def do_load(args: argparse.Namespace) -> int:
+    from pykexec.backends import dryrun
+
+    if args.kernel is None:
+        raise UsageError("no kernel image given")
+    if args.mem_min > args.mem_max:
+        raise UsageError(f"--mem-min {args.mem_min:#x} is above --mem-max {args.mem_max:#x}")
+    dry = args.dry_run or args.machine is not None
+    machine = machine_mod.load(args.machine) if args.machine else machine_mod.probe()
+    kernel = _read_input(args.kernel, "kernel")
+    image_type = images.select(kernel, args.type)
+    backend = first_backend(args, image_type)
+    if dry:
+        plan = make_plan(args, machine, kernel, image_type, backend)
+        print(dryrun.render_json(plan) if args.json else dryrun.render_text(plan, machine))
+        return 0
+
+    from pykexec.backends import linux
+
+    if backend == BACKEND_KEXEC_FILE_LOAD:
+        plan = make_plan(args, machine, kernel, image_type, backend)
+        assert plan.file_inputs is not None
+        err = linux.kexec_file_load(args.kernel, args.initrd, plan.cmdline, args.load_panic)
+        if not err:
+            _debug(args, f"loaded {args.kernel} with kexec_file_load")
+            return 0
+        fallback = args.syscall in (None, "auto") and err in _FALLBACK_ERRNOS
+        if not fallback:
+            raise linux.SyscallError(linux.explain(err, "kexec_file_load"), err, "kexec_file_load")
+        if machine.lockdown != "none":
+            raise linux.SyscallError(linux.explain(err, "kexec_file_load") +
+                                     f"; kexec_load is not an option under lockdown ({machine.lockdown})",
+                                     err, "kexec_file_load")
+        _debug(args, f"kexec_file_load: {errno.errorcode.get(err, err)}; falling back to kexec_load")
+    plan = make_plan(args, machine, kernel, image_type, BACKEND_KEXEC_LOAD)
+    if args.debug:
+        print(dryrun.render_text(plan, machine), file=sys.stderr)
+    linux.kexec_load(plan)
+    return 0
+
+
+def do_reboot_after_load() -> int:
+    """kexec-tools' behaviour with no action option: load, then a clean reboot, which
+    the init system finishes with kexec."""
+    for cmd in (["shutdown", "-r", "now"], ["/etc/shutdown", "-r", "now"], ["/bin/shutdown", "-r", "now"]):
+        try:
+            return subprocess.call(cmd)
+        except OSError:
+            continue
+    raise KexecError("loaded, but no shutdown command was found to reboot; run pykexec -e")
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    actions = [name for name in ("load", "load_panic", "exec", "unload", "status") if getattr(args, name)]
+    if args.json and not (args.dry_run or args.machine):
+        raise UsageError("--json only applies to --dry-run plans")
+    if args.status:  # overrides every other action, as in kexec-tools
+        from pykexec.backends import linux
+
+        return 1 if linux.is_loaded(crash=not args.load) else 0
+    if args.unload:
+        if args.dry_run or args.machine:
+            print(f"would unload the {'crash' if args.load_panic else 'kexec'} image")
+            return 0
+        from pykexec.backends import linux
+
+        linux.unload(crash=args.load_panic, use_file_syscall={"file": True, "load": False}.get(args.syscall))
+        return 0
+    if args.load and args.load_panic:
+        raise UsageError("-l and -p are exclusive: load one image at a time")
+    if args.load or args.load_panic:
+        return do_load(args)
+    if args.exec:
+        if args.dry_run:
+            print("would execute the loaded kexec image")
+            return 0
+        from pykexec.backends import linux
+
+        linux.execute()
+        return 1
+    if not actions and args.kernel is not None:
+        args.load = True
+        do_load(args)
+        if args.dry_run or args.machine:
+            return 0
+        return do_reboot_after_load()
+    raise UsageError("nothing to do: give -l/-p KERNEL, -e, -u or -S (see --help)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "-d" in argv or "--debug" in argv
+    try:
+        return run(argv)
+    except KexecError as err:
+        print(f"pykexec: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("pykexec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: still one line, the traceback only on request
+        if debug:
+            traceback.print_exc()
+        print(f"pykexec: internal error: {type(err).__name__}: {err} (run with -d for the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

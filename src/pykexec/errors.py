@@ -1,0 +1,58 @@
+"""Typed errors. Every error pykexec raises on purpose derives from :class:`KexecError`;
+the CLI prints ``str(err)`` as one line and exits non-zero, never a traceback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from pykexec.plan import Segment
+
+
+class KexecError(Exception):
+    """Base class: a failure explained in one line."""
+
+    exit_code = 1
+
+
+class UsageError(KexecError):
+    """Bad or contradictory command-line options."""
+
+    exit_code = 2
+
+
+class InputError(KexecError):
+    """A file we were given cannot be read or parsed (image, initrd, machine file)."""
+
+
+class ImageFormatError(InputError):
+    """The kernel image is not of a type we can load, or its header is broken."""
+
+
+class MachineError(KexecError):
+    """The running system (or the --machine description) cannot be probed or is unusable."""
+
+
+class PlacementError(KexecError):
+    """No room for a segment under its constraints. Carries what was already placed."""
+
+    def __init__(self, message: str, segments: Sequence["Segment"] = ()) -> None:
+        super().__init__(message)
+        self.segments = list(segments)
+
+
+class PlanError(KexecError):
+    """A finished plan breaks one of the kernel's (or Xen's) rules for segments."""
+
+    def __init__(self, message: str, segments: Sequence["Segment"] = ()) -> None:
+        super().__init__(message)
+        self.segments = list(segments)
+
+
+class SyscallError(KexecError):
+    """The kernel refused a kexec syscall; the message says why in user terms."""
+
+    def __init__(self, message: str, errno: int, syscall: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.syscall = syscall

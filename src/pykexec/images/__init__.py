@@ -1,0 +1,72 @@
+"""The table of image types, in probe order, each with ``probe`` / ``plan`` / ``usage``
+(the shape of kexec-tools' file_type table). ``-t NAME`` picks one by its kexec-tools name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pykexec.errors import ImageFormatError, UsageError
+from pykexec.machine import Machine
+from pykexec.plan import LoadPlan
+
+
+@dataclass
+class LoadRequest:
+    """Everything a loader needs, already read and checked by the caller."""
+
+    kernel_path: Path
+    kernel: bytes
+    machine: Machine
+    cmdline: str = ""
+    initrd_path: Path | None = None
+    initrd: bytes | None = None
+    crash: bool = False
+    mem_min: int = 0
+    mem_max: int = (1 << 64) - 1
+    modules: list[tuple[Path, bytes, str]] = field(default_factory=list)
+    backend: str = "kexec_load"
+
+
+@dataclass(frozen=True)
+class ImageType:
+    name: str
+    # Returns None when the image is of this type, else a short reason why not.
+    probe: Callable[[bytes], str | None]
+    plan: Callable[[LoadRequest], LoadPlan]
+    usage: str
+    # Can kexec_file_load take this image on x86_64?
+    file_load: bool = False
+
+
+def _table() -> list[ImageType]:
+    # Imported here: the loaders import plan/memory, which must not import this table.
+    from pykexec.images import bzimage, elf
+
+    return [elf.ELF_X86_64, bzimage.BZIMAGE64]
+
+
+def image_types() -> list[ImageType]:
+    return _table()
+
+
+def select(data: bytes, forced: str | None = None) -> ImageType:
+    """The first type whose probe accepts ``data``; with ``forced``, that type or an error
+    that says what the file actually is."""
+    types = _table()
+    reasons = {t.name: t.probe(data) for t in types}
+    if forced is not None:
+        chosen = next((t for t in types if t.name == forced), None)
+        if chosen is None:
+            raise UsageError(f"unknown image type {forced!r}; known: {', '.join(t.name for t in types)}")
+        if reasons[forced] is not None:
+            actual = next((t.name for t in types if reasons[t.name] is None), None)
+            also = f"; it looks like {actual}" if actual else ""
+            raise ImageFormatError(f"not a {forced} image: {reasons[forced]}{also}")
+        return chosen
+    for t in types:
+        if reasons[t.name] is None:
+            return t
+    detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+    raise ImageFormatError(f"cannot determine the image type ({detail})")

@@ -1,0 +1,104 @@
+"""bzImage with the 64-bit boot protocol (kexec-tools type ``bzImage64``).
+
+Only the protected-mode part is loaded; purgatory enters it at ``startup_64`` (load
+address + 0x200) with RSI = boot_params, as Documentation/arch/x86/boot.rst describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pykexec.errors import ImageFormatError
+from pykexec.images import ImageType, LoadRequest
+from pykexec.layouts import boot_params as bp
+from pykexec.linux_boot import PlacedKernel, header_from_image, plan_linux
+from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
+from pykexec.plan import LoadPlan, Segment
+
+MIN_PROTOCOL = 0x020C  # 2.12: xloadflags, 64-bit entry, ext_* fields
+
+
+@dataclass(frozen=True)
+class BzImage:
+    header: bp.SetupHeader
+    setup_size: int  # bytes of real-mode setup before the protected-mode kernel
+    data: bytes
+
+    @property
+    def kernel(self) -> memoryview:
+        return memoryview(self.data)[self.setup_size:]
+
+    @property
+    def protocol(self) -> str:
+        return f"{self.header.version >> 8}.{self.header.version & 0xFF:02d}"
+
+
+def parse(data: bytes) -> BzImage:
+    """Parse and check a bzImage's setup header; raises ImageFormatError naming the rule."""
+    if len(data) < 0x26C:
+        raise ImageFormatError(f"too short for a bzImage ({len(data)} bytes)")
+    hdr = header_from_image(data)
+    if hdr.header != bp.HDRS_MAGIC:
+        raise ImageFormatError("no 'HdrS' signature at offset 0x202")
+    if hdr.boot_flag != bp.BOOT_FLAG:
+        raise ImageFormatError(f"boot flag at 0x1fe is {hdr.boot_flag:#06x}, expected 0xaa55")
+    setup_sects = hdr.setup_sects or 4
+    setup_size = (setup_sects + 1) * bp.SECTOR_SIZE
+    if setup_size >= len(data):
+        raise ImageFormatError(f"setup_sects={hdr.setup_sects} puts the kernel beyond the end of the file")
+    return BzImage(hdr, setup_size, data)
+
+
+def probe(data: bytes) -> str | None:
+    try:
+        img = parse(data)
+    except ImageFormatError as err:
+        return str(err)
+    h = img.header
+    if h.version < MIN_PROTOCOL:
+        return f"boot protocol {img.protocol} is older than 2.12"
+    if not h.loadflags & bp.LOADED_HIGH:
+        return "not a bzImage (zImage loaded low)"
+    need = bp.XLF_KERNEL_64 | bp.XLF_CAN_BE_LOADED_ABOVE_4G
+    if h.xloadflags & need != need:
+        return "no 64-bit entry point (xloadflags lacks KERNEL_64 or CAN_BE_LOADED_ABOVE_4G)"
+    if h.kernel_alignment == 0 or h.kernel_alignment & (h.kernel_alignment - 1):
+        return f"kernel_alignment {h.kernel_alignment:#x} is not a power of two"
+    return None
+
+
+def plan(req: LoadRequest) -> LoadPlan:
+    why = probe(req.kernel)
+    if why is not None:
+        raise ImageFormatError(f"{req.kernel_path}: {why}")
+    img = parse(req.kernel)
+    h = img.header
+
+    def place_kernel(alloc: Allocator) -> PlacedKernel:
+        body = img.kernel
+        # init_size covers the decompressor's work area: reserve all of it.
+        memsz = align_up(max(h.init_size, len(body)), PAGE_SIZE)
+        if h.relocatable_kernel:
+            addr = alloc.allocate(memsz, align=h.kernel_alignment, min_addr=max(MiB, h.pref_address),
+                                  what="kernel")
+        else:
+            addr = h.pref_address or h.code32_start
+            alloc.reserve(Range.sized(addr, memsz))
+        seg = Segment("kernel", addr, memsz, body)
+        return PlacedKernel([seg], addr + bp.STARTUP_64_OFFSET)
+
+    result = plan_linux(req, "bzImage64", h, place_kernel)
+    result.notes.append(f"bzImage protocol {img.protocol}, init_size {h.init_size:#x}, "
+                        f"alignment {h.kernel_alignment:#x}")
+    return result
+
+
+BZIMAGE64 = ImageType(
+    name="bzImage64",
+    probe=probe,
+    plan=plan,
+    usage="bzImage64: x86_64 bzImage (boot protocol 2.12+), entered at startup_64.\n"
+          "    --command-line/--append STRING, --reuse-cmdline, --initrd/--ramdisk FILE",
+    file_load=True,
+)
+

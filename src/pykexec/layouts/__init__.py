@@ -1,0 +1,1 @@
+"""Binary layouts, each defined once: boot protocol, kexec ABI, purgatory parameters."""

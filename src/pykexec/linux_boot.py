@@ -1,0 +1,163 @@
+"""Booting a Linux kernel through its 64-bit entry: the boot_params page, and the
+segments every Linux loader (bzImage, ELF vmlinux) shares: initrd, command line,
+boot_params, setup_data and purgatory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Callable
+
+from pykexec.errors import PlacementError, UsageError
+from pykexec.images import LoadRequest
+from pykexec.layouts import boot_params as bp
+from pykexec.machine import Machine
+from pykexec.memory import GiB, MiB, PAGE_SIZE, Allocator, MemoryMap, Range, align_up
+from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
+from pykexec.purgatory import Purgatory, PurgatoryParams, Region as DigestRegion
+
+BELOW_4G = 4 * GiB - 1
+
+
+@dataclass
+class PlacedKernel:
+    segments: list[Segment]
+    entry64: int  # physical address of the 64-bit entry point
+
+
+def window_for(req: LoadRequest) -> Range:
+    """Where this load may put anything: --mem-min/--mem-max, narrowed to the crash
+    region for -p."""
+    window = Range(req.mem_min, req.mem_max + 1)
+    if req.crash:
+        crash = req.machine.crash_kernel
+        if crash is None:
+            raise UsageError(f"no crash kernel region is reserved on {req.machine.source} "
+                             "(boot with crashkernel=SIZE, e.g. crashkernel=256M)")
+        inside = window.intersect(crash)
+        if inside is None:
+            raise UsageError(f"--mem-min/--mem-max exclude the whole crash kernel region {crash}")
+        window = inside
+    return window
+
+
+def header_from_image(data: bytes) -> bp.SetupHeader:
+    """The setup header as the image declares it: bytes 0x1f1 up to the end announced by
+    the jump at 0x200 (older protocols have shorter headers; the rest stays zero)."""
+    end = min(0x202 + data[0x201], bp.SETUP_HEADER_OFFSET + ctypes.sizeof(bp.SetupHeader), len(data))
+    raw = data[bp.SETUP_HEADER_OFFSET:end]
+    return bp.SetupHeader.from_buffer_copy(raw.ljust(ctypes.sizeof(bp.SetupHeader), b"\0"))
+
+
+def e820_entries(memory: MemoryMap) -> list[bp.E820Entry]:
+    return [bp.E820Entry(r.range.start, r.range.size, r.type.e820) for r in memory]
+
+
+def build_boot_params(header: bp.SetupHeader, machine: Machine, *, e820: MemoryMap, cmdline_addr: int,
+                      initrd: Range | None, setup_data: int = 0) -> bytes:
+    """The zero page for the next kernel. ``e820`` is the memory map it should believe in
+    (all of it for a normal kexec; the crash region for a crash kernel)."""
+    params = bp.BootParams()
+    params.hdr = header
+    hdr = params.hdr
+    hdr.type_of_loader = bp.LOADER_TYPE_KEXEC
+    hdr.cmd_line_ptr = cmdline_addr & 0xFFFFFFFF
+    params.ext_cmd_line_ptr = cmdline_addr >> 32
+    if initrd is not None:
+        hdr.ramdisk_image = initrd.start & 0xFFFFFFFF
+        hdr.ramdisk_size = initrd.size & 0xFFFFFFFF
+        params.ext_ramdisk_image = initrd.start >> 32
+        params.ext_ramdisk_size = initrd.size >> 32
+    # A PV Xen dom0 reports subarch Xen; the next kernel boots on bare metal.
+    hdr.hardware_subarch = 0
+    hdr.hardware_subarch_data = 0
+    hdr.setup_data = setup_data
+
+    entries = e820_entries(e820)
+    for i, entry in enumerate(entries[: bp.E820_MAX_ENTRIES_ZEROPAGE]):
+        params.e820_table[i] = entry
+    params.e820_entries = min(len(entries), bp.E820_MAX_ENTRIES_ZEROPAGE)
+
+    # Extended memory above 1 MiB, for the few paths that still look at it.
+    above_1m = next((r for r in e820.ram() if r.contains(MiB)), None)
+    mem_k = (above_1m.end - MiB) // 1024 if above_1m else 0
+    params.alt_mem_k = min(mem_k, 0xFFFFFFFF)
+
+    running = machine.running_boot_params
+    if running is not None and len(running) >= ctypes.sizeof(bp.ScreenInfo):
+        params.screen_info = bp.ScreenInfo.from_buffer_copy(running[: ctypes.sizeof(bp.ScreenInfo)])
+    else:
+        params.screen_info.orig_video_cols = 80
+        params.screen_info.orig_video_lines = 25
+    params.screen_info.ext_mem_k = min(mem_k, 0xFC00)
+    if machine.acpi_rsdp:
+        params.acpi_rsdp_addr = machine.acpi_rsdp
+    return bytes(params)
+
+
+def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
+               place_kernel: Callable[[Allocator], PlacedKernel]) -> LoadPlan:
+    """Place the kernel (through ``place_kernel``), then initrd, command line, boot_params
+    and purgatory; the result is a kexec_load plan entered through purgatory."""
+    machine = req.machine
+    alloc = Allocator(machine.memory.ram(), window_for(req))
+    kernel = place_kernel(alloc)
+    plan = LoadPlan(image_type=image_type, backend=BACKEND_KEXEC_LOAD, crash=req.crash,
+                    cmdline=req.cmdline, kernel_entry=kernel.entry64)
+    plan.segments.extend(kernel.segments)
+
+    cmdline = req.cmdline.encode()
+    if header.cmdline_size and len(cmdline) > header.cmdline_size:
+        raise UsageError(f"command line is {len(cmdline)} bytes; this kernel accepts at most {header.cmdline_size}")
+    if b"\0" in cmdline:
+        raise UsageError("command line contains a NUL byte")
+
+    initrd_range = None
+    if req.initrd is not None:
+        initrd_range = _place_initrd(alloc, header, len(req.initrd))
+        plan.segments.append(Segment("initrd", initrd_range.start, align_up(len(req.initrd), PAGE_SIZE), req.initrd))
+
+    setup_data_addr = 0
+    entries = e820_entries(machine.memory)
+    if len(entries) > bp.E820_MAX_ENTRIES_ZEROPAGE:
+        extra = b"".join(bytes(e) for e in entries[bp.E820_MAX_ENTRIES_ZEROPAGE:])
+        blob = bytes(bp.SetupDataHeader(0, bp.SETUP_E820_EXT, len(extra))) + extra
+        setup_data_addr = alloc.allocate(len(blob), max_addr=BELOW_4G, what="e820 setup_data")
+        plan.segments.append(Segment("setup_data", setup_data_addr, align_up(len(blob), PAGE_SIZE), blob))
+
+    cmdline_buf = cmdline + b"\0"
+    cmdline_addr = alloc.allocate(len(cmdline_buf), max_addr=BELOW_4G, what="command line")
+    plan.segments.append(Segment("cmdline", cmdline_addr, align_up(len(cmdline_buf), PAGE_SIZE), cmdline_buf))
+
+    zero_page = build_boot_params(header, machine, e820=machine.memory, cmdline_addr=cmdline_addr,
+                                  initrd=Range.sized(initrd_range.start, len(req.initrd or b""))
+                                  if initrd_range else None, setup_data=setup_data_addr)
+    bp_addr = alloc.allocate(len(zero_page), max_addr=BELOW_4G, what="boot_params")
+    plan.segments.append(Segment("boot_params", bp_addr, PAGE_SIZE, zero_page))
+
+    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr)
+    return plan
+
+
+def _place_initrd(alloc: Allocator, header: bp.SetupHeader, size: int) -> Range:
+    """Highest spot below initrd_addr_max; above it only if the kernel says it can cope."""
+    limit = header.initrd_addr_max or 0x37FFFFFF
+    try:
+        addr = alloc.allocate(size, max_addr=limit, what="initrd")
+    except PlacementError:
+        if not header.xloadflags & bp.XLF_CAN_BE_LOADED_ABOVE_4G:
+            raise
+        addr = alloc.allocate(size, what="initrd")
+    return Range.sized(addr, size)
+
+
+def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, *, rsi: int, console_port: int = 0) -> None:
+    """Add purgatory, which checks every other segment's SHA-256 and then enters the kernel
+    at ``entry`` in 64-bit mode with RSI = ``rsi``; the plan's entry becomes purgatory's."""
+    purgatory = Purgatory.load()
+    addr = alloc.allocate(purgatory.memsz, max_addr=BELOW_4G, what="purgatory")
+    regions = [DigestRegion(s.mem, s.memsz, s.sha256) for s in plan.sorted_segments()]
+    blob = purgatory.render(PurgatoryParams(entry=entry, rsi=rsi, regions=regions, console_port=console_port))
+    plan.segments.append(Segment("purgatory", addr, align_up(purgatory.memsz, PAGE_SIZE), blob))
+    plan.entry = addr + purgatory.entry_offset

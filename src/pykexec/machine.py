@@ -1,0 +1,254 @@
+"""What we need to know about the machine: memory map, crash region, command line,
+lockdown, firmware tables. Probed from the running system, or read from a
+``--machine FILE.json`` description so a plan can be made for any machine without root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pykexec.errors import InputError, MachineError
+from pykexec.memory import MemoryMap, MemType, Range, Region
+
+
+@dataclass(frozen=True)
+class XenInfo:
+    """The hypervisor we run under (filled in for Xen dom0 machines)."""
+
+    version: str | None = None
+    xen_start: int | None = None
+    xen_end: int | None = None
+    cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    memory: MemoryMap
+    crash_kernel: Range | None = None
+    cmdline: str = ""
+    lockdown: str = "none"
+    xen: XenInfo | None = None
+    acpi_rsdp: int | None = None
+    # The running kernel's zero page, when the system exposes it: the template for
+    # video and EFI information we pass on.
+    running_boot_params: bytes | None = None
+    source: str = "this machine"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --- /proc/iomem and /sys/firmware/memmap -------------------------------------------
+
+_IOMEM_LINE = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
+
+
+def parse_iomem(text: str) -> tuple[MemoryMap, list[tuple[int, Range, str]]]:
+    """Parse /proc/iomem. Returns the memory map built from the top-level lines, and every
+    line as (depth, range, name) so callers can find nested entries such as "Crash kernel"."""
+    regions: list[Region] = []
+    entries: list[tuple[int, Range, str]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _IOMEM_LINE.match(line)
+        if not m:
+            raise InputError(f"/proc/iomem line {lineno} is not 'start-end : name': {line.strip()[:60]!r}")
+        indent, start, last, name = m.groups()
+        rng = Range.inclusive(int(start, 16), int(last, 16))
+        depth = len(indent) // 2
+        entries.append((depth, rng, name))
+        if depth == 0:
+            mtype = MemType.from_name(name)
+            if mtype is not None:
+                regions.append(Region(rng, mtype))
+    if entries and all(r.start == 0 and r.end == 1 for _, r, _ in entries):
+        raise MachineError("/proc/iomem shows only zero addresses: it must be read as root")
+    return MemoryMap(regions), entries
+
+
+def read_firmware_memmap(root: Path = Path("/sys/firmware/memmap")) -> MemoryMap | None:
+    """The firmware's (e820) map as exported by CONFIG_FIRMWARE_MEMMAP, or None."""
+    if not root.is_dir():
+        return None
+    regions = []
+    for entry in root.iterdir():
+        try:
+            start = int((entry / "start").read_text(), 16)
+            last = int((entry / "end").read_text(), 16)
+            name = (entry / "type").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        regions.append(Region(Range.inclusive(start, last), MemType.from_name(name) or MemType.RESERVED))
+    return MemoryMap(regions) if regions else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def parse_lockdown(text: str | None) -> str:
+    """/sys/kernel/security/lockdown reads like 'none [integrity] confidentiality'."""
+    if not text:
+        return "none"
+    m = re.search(r"\[(\w+)\]", text)
+    return m.group(1) if m else "none"
+
+
+def probe() -> Machine:
+    """Describe the running machine from /proc and /sys."""
+    iomem = _read("/proc/iomem")
+    if iomem is None:
+        raise MachineError("cannot read /proc/iomem: is /proc mounted?")
+    iomem_map, entries = parse_iomem(iomem)
+    memory = read_firmware_memmap() or iomem_map
+    if not memory.ram():
+        raise MachineError("no System RAM found in /sys/firmware/memmap or /proc/iomem")
+    crash = [r for _, r, name in entries if name == "Crash kernel"]
+    boot_params = None
+    try:
+        boot_params = Path("/sys/kernel/boot_params/data").read_bytes()
+    except OSError:
+        pass
+    return Machine(
+        memory=memory,
+        crash_kernel=max(crash, default=None),
+        cmdline=(_read("/proc/cmdline") or "").strip(),
+        lockdown=parse_lockdown(_read("/sys/kernel/security/lockdown")),
+        acpi_rsdp=_find_rsdp(boot_params),
+        running_boot_params=boot_params,
+    )
+
+
+def _find_rsdp(boot_params: bytes | None) -> int | None:
+    if boot_params and len(boot_params) >= 0x78:
+        addr = int.from_bytes(boot_params[0x70:0x78], "little")
+        if addr:
+            return addr
+    systab = _read("/sys/firmware/efi/systab")
+    if systab:
+        for key in ("ACPI20", "ACPI"):
+            m = re.search(rf"^{key}=(0x[0-9a-fA-F]+)", systab, re.M)
+            if m:
+                return int(m.group(1), 16)
+    return None
+
+
+# --- --machine FILE.json ---------------------------------------------------------------
+
+def _addr(obj: Any, what: str) -> int:
+    if isinstance(obj, bool):
+        raise InputError(f"{what}: expected an address, got {obj!r}")
+    if isinstance(obj, int):
+        value = obj
+    elif isinstance(obj, str):
+        try:
+            value = int(obj, 0)
+        except ValueError:
+            raise InputError(f"{what}: {obj!r} is not a number") from None
+    else:
+        raise InputError(f"{what}: expected an address, got {type(obj).__name__}")
+    if not 0 <= value < 1 << 64:
+        raise InputError(f"{what}: {obj!r} is outside the 64-bit address space")
+    return value
+
+
+def _range(obj: Any, what: str) -> Range:
+    if not isinstance(obj, dict) or "start" not in obj or "end" not in obj:
+        raise InputError(f"{what}: expected {{\"start\": ..., \"end\": ...}}")
+    start, last = _addr(obj["start"], f"{what}.start"), _addr(obj["end"], f"{what}.end")
+    if last < start:
+        raise InputError(f"{what}: end {last:#x} is below start {start:#x}")
+    return Range.inclusive(start, last)
+
+
+def from_dict(data: Any, source: str = "--machine") -> Machine:
+    """Build a Machine from the documented JSON description (see docs/machine-file.md)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: the top level must be a JSON object")
+    unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp"}
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
+    mem = data.get("memory")
+    if not isinstance(mem, list) or not mem:
+        raise InputError(f"{source}: \"memory\" must be a non-empty list of {{start, end, type}}")
+    regions = []
+    for i, entry in enumerate(mem):
+        rng = _range(entry, f"{source}: memory[{i}]")
+        name = entry.get("type", "System RAM")
+        mtype = MemType.from_name(name) if isinstance(name, str) else None
+        if mtype is None:
+            raise InputError(f"{source}: memory[{i}].type {name!r} is not a memory type "
+                             f"(one of: {', '.join(t.label for t in MemType)})")
+        regions.append(Region(rng, mtype))
+    try:
+        memory = MemoryMap(regions)
+    except ValueError as err:
+        raise InputError(f"{source}: {err}") from None
+    if not memory.ram():
+        raise InputError(f"{source}: the memory map has no System RAM")
+    crash = _range(data["crash_kernel"], f"{source}: crash_kernel") if data.get("crash_kernel") else None
+    if crash is not None and not memory.is_ram(crash):
+        raise InputError(f"{source}: crash_kernel {crash} is not inside System RAM")
+    xen = None
+    if data.get("xen") is not None:
+        x = data["xen"]
+        if not isinstance(x, dict):
+            raise InputError(f"{source}: \"xen\" must be an object")
+        cpus = x.get("cpus")
+        if cpus is not None and (not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1):
+            raise InputError(f"{source}: xen.cpus must be a positive integer")
+        xen = XenInfo(
+            version=str(x["version"]) if x.get("version") is not None else None,
+            xen_start=_addr(x["xen_start"], f"{source}: xen.xen_start") if "xen_start" in x else None,
+            xen_end=_addr(x["xen_end"], f"{source}: xen.xen_end") if "xen_end" in x else None,
+            cpus=cpus,
+        )
+    cmdline = data.get("cmdline", "")
+    if not isinstance(cmdline, str):
+        raise InputError(f"{source}: cmdline must be a string")
+    lockdown = data.get("lockdown", "none")
+    if isinstance(lockdown, bool):
+        lockdown = "integrity" if lockdown else "none"
+    if lockdown not in ("none", "integrity", "confidentiality"):
+        raise InputError(f"{source}: lockdown must be none, integrity, confidentiality, true or false")
+    rsdp = _addr(data["acpi_rsdp"], f"{source}: acpi_rsdp") if data.get("acpi_rsdp") is not None else None
+    return Machine(memory=memory, crash_kernel=crash, cmdline=cmdline.strip(), lockdown=lockdown,
+                   xen=xen, acpi_rsdp=rsdp, source=source)
+
+
+def load(path: str | os.PathLike[str]) -> Machine:
+    try:
+        text = Path(path).read_text()
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a machine JSON file") from None
+    except OSError as err:
+        raise InputError(f"cannot read machine file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    return from_dict(data, source=str(path))
+
+
+def to_dict(machine: Machine) -> dict[str, Any]:
+    """The inverse of :func:`from_dict` (for `--machine` files written by tests or doctor)."""
+    out: dict[str, Any] = {
+        "memory": [{"start": f"{r.range.start:#x}", "end": f"{r.range.last:#x}", "type": r.type.label}
+                   for r in machine.memory],
+        "cmdline": machine.cmdline,
+        "lockdown": machine.lockdown,
+    }
+    if machine.crash_kernel:
+        out["crash_kernel"] = {"start": f"{machine.crash_kernel.start:#x}", "end": f"{machine.crash_kernel.last:#x}"}
+    if machine.acpi_rsdp is not None:
+        out["acpi_rsdp"] = f"{machine.acpi_rsdp:#x}"
+    return out

@@ -1,0 +1,148 @@
+"""A load plan: the segments, entry point and syscall choice for one kexec load, and
+the checks the kernel would make, done first in user space so that a refusal names
+the segment and the rule instead of a bare EINVAL."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pykexec.errors import PlanError
+from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
+from pykexec.machine import Machine
+from pykexec.memory import PAGE_SIZE, MemoryMap, Range
+
+BACKEND_KEXEC_LOAD = "kexec_load"
+BACKEND_KEXEC_FILE_LOAD = "kexec_file_load"
+
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+@dataclass(eq=False)
+class Segment:
+    """One block of memory for the next kernel: ``data`` at ``mem``, zero-filled to ``memsz``."""
+
+    role: str
+    mem: int
+    memsz: int
+    data: bytes | memoryview = b""
+
+    @property
+    def bufsz(self) -> int:
+        return len(self.data)
+
+    @property
+    def range(self) -> Range:
+        return Range.sized(self.mem, self.memsz)
+
+    @cached_property
+    def sha256(self) -> bytes:
+        """Digest of what the segment holds once loaded: the buffer then zeros up to memsz
+        (purgatory checks exactly this)."""
+        h = hashlib.sha256(self.data)
+        pad = self.memsz - self.bufsz
+        while pad > 0:
+            n = min(pad, len(_ZERO_CHUNK))
+            h.update(_ZERO_CHUNK[:n])
+            pad -= n
+        return h.digest()
+
+
+@dataclass(eq=False)
+class FileLoadInputs:
+    """What kexec_file_load receives: the kernel places everything itself."""
+
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+
+
+@dataclass(eq=False)
+class LoadPlan:
+    image_type: str
+    backend: str
+    crash: bool = False
+    entry: int | None = None
+    segments: list[Segment] = field(default_factory=list)
+    cmdline: str = ""
+    kernel_entry: int | None = None  # where purgatory jumps (informational)
+    file_inputs: FileLoadInputs | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def sorted_segments(self) -> list[Segment]:
+        return sorted(self.segments, key=lambda s: s.mem)
+
+    def to_json(self) -> dict[str, Any]:
+        segs: list[dict[str, Any]]
+        if self.backend == BACKEND_KEXEC_FILE_LOAD and self.file_inputs is not None:
+            # The kernel chooses the addresses; we can only describe what we hand it.
+            fi = self.file_inputs
+            segs = [_file_seg("kernel", fi.kernel)]
+            if fi.initrd is not None:
+                segs.append(_file_seg("initrd", fi.initrd))
+            cmd = fi.cmdline.encode() + b"\0"
+            segs.append({"mem": None, "memsz": None, "bufsz": hex(len(cmd)), "role": "cmdline",
+                         "sha256": hashlib.sha256(cmd).hexdigest()})
+        else:
+            segs = [{"mem": hex(s.mem), "memsz": hex(s.memsz), "bufsz": hex(s.bufsz), "role": s.role,
+                     "sha256": s.sha256.hex()} for s in self.sorted_segments()]
+        return {
+            "type": self.image_type,
+            "backend": self.backend,
+            "crash": self.crash,
+            "entry": hex(self.entry) if self.entry is not None else None,
+            "kernel_entry": hex(self.kernel_entry) if self.kernel_entry is not None else None,
+            "cmdline": self.cmdline,
+            "segments": segs,
+            "notes": list(self.notes),
+        }
+
+
+def _file_seg(role: str, path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"mem": None, "memsz": None, "bufsz": hex(size), "role": role, "sha256": h.hexdigest()}
+
+
+def validate(plan: LoadPlan, machine: Machine) -> None:
+    """Refuse a plan the kernel would refuse (kernel/kexec_core.c sanity_check_segment_list),
+    with the segment and the rule named. File loads are checked by the kernel itself."""
+    if plan.backend != BACKEND_KEXEC_LOAD:
+        return
+    segs = plan.sorted_segments()
+    if not segs:
+        raise PlanError("the plan has no segments", segs)
+    if len(segs) > KEXEC_SEGMENT_MAX:
+        raise PlanError(f"{len(segs)} segments, the kernel accepts at most {KEXEC_SEGMENT_MAX}", segs)
+    ram = machine.memory
+    for s in segs:
+        name = f"{s.role} segment at {s.mem:#x}"
+        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
+            raise PlanError(f"{name}: address and size must be page aligned (memsz {s.memsz:#x})", segs)
+        if s.bufsz > s.memsz:
+            raise PlanError(f"{name}: buffer ({s.bufsz:#x}) is larger than memsz ({s.memsz:#x})", segs)
+        if not _inside_ram(ram, s.range):
+            raise PlanError(f"{name}: {s.range} is not inside System RAM", segs)
+        if plan.crash and machine.crash_kernel and not machine.crash_kernel.contains(s.range):
+            raise PlanError(f"{name}: {s.range} is outside the crash kernel region {machine.crash_kernel}", segs)
+    for a, b in zip(segs, segs[1:]):
+        if a.range.overlaps(b.range):
+            raise PlanError(f"{a.role} segment {a.range} overlaps {b.role} segment {b.range}", segs)
+    if plan.entry is None or not any(s.range.contains(plan.entry) for s in segs):
+        raise PlanError(f"entry point {plan.entry} is not inside any segment", segs)
+    total = sum(s.memsz for s in segs)
+    ram_total = sum(r.size for r in ram.ram())
+    if not plan.crash and total > ram_total // 2:
+        raise PlanError(f"segments need {total >> 20} MiB, more than half of RAM ({ram_total >> 20} MiB): "
+                        "the kernel refuses that", segs)
+
+
+def _inside_ram(memory: MemoryMap, rng: Range) -> bool:
+    return memory.is_ram(rng)

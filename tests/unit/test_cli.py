@@ -1,0 +1,116 @@
+"""The command line: kexec-tools' options, dry-run output, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pykexec import cli
+
+from conftest import make_bzimage, make_elf_vmlinux
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and "pykexec 0.1.0" in capsys.readouterr().out
+
+
+def test_dry_run_json_kexec_load(capsys, bzimage_file, machine_file, tmp_path):
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"i" * 1000)
+    code, out, err = run(capsys, "-c", "-l", str(bzimage_file), "--initrd", str(initrd), "--append", "a=1",
+                         "--machine", str(machine_file), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["type"] == "bzImage64" and doc["backend"] == "kexec_load" and doc["cmdline"] == "a=1"
+    assert sorted(s["role"] for s in doc["segments"]) == ["boot_params", "cmdline", "initrd", "kernel", "purgatory"]
+    for s in doc["segments"]:
+        assert int(s["mem"], 16) % 4096 == 0 and len(s["sha256"]) == 64 and int(s["bufsz"], 16) <= int(s["memsz"], 16)
+    entry = int(doc["entry"], 16)
+    (purg,) = [s for s in doc["segments"] if s["role"] == "purgatory"]
+    assert int(purg["mem"], 16) <= entry < int(purg["mem"], 16) + int(purg["memsz"], 16)
+
+
+def test_dry_run_default_is_file_load_for_bzimage(capsys, bzimage_file, machine_file):
+    code, out, _ = run(capsys, "-l", str(bzimage_file), "--machine", str(machine_file), "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["backend"] == "kexec_file_load"
+    assert [s["role"] for s in doc["segments"]] == ["kernel", "cmdline"] and doc["segments"][0]["mem"] is None
+
+
+def test_elf_goes_to_kexec_load_by_default(capsys, machine_file, tmp_path):
+    k = tmp_path / "vmlinux"
+    k.write_bytes(make_elf_vmlinux([(0x1000000, b"x" * 100, 0x2000)], 0x1000000))
+    code, out, err = run(capsys, "-l", str(k), "--machine", str(machine_file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["backend"] == "kexec_load" and json.loads(out)["type"] == "elf-x86_64"
+    code, _, err = run(capsys, "-s", "-l", str(k), "--machine", str(machine_file))
+    assert code == 2 and "kexec_file_load cannot load elf-x86_64" in err
+
+
+def test_text_plan_shows_memory_map(capsys, bzimage_file, machine_file):
+    code, out, _ = run(capsys, "-c", "-l", str(bzimage_file), "--machine", str(machine_file))
+    assert code == 0
+    assert "System RAM" in out and "purgatory" in out and "memory map of" in out
+
+
+@pytest.mark.parametrize("reuse_from,append,expect", [
+    ("BOOT_IMAGE=/vmlinuz root=/dev/sda crashkernel=256M quiet", None, "root=/dev/sda quiet"),
+    ("BOOT_IMAGE=/vmlinuz root=/dev/sda kexec_jump_back_entry=0x1234", "x=1", "root=/dev/sda x=1"),
+    ('a="b c" crashkernel=1G,high d', None, 'a="b c" d'),
+])
+def test_reuse_cmdline(reuse_from, append, expect):
+    assert cli.compose_cmdline(reuse_from, True, append, False) == expect
+
+
+def test_last_append_wins(capsys, bzimage_file, machine_file):
+    code, out, _ = run(capsys, "-c", "-l", str(bzimage_file), "--append", "first", "--command-line", "second",
+                       "--machine", str(machine_file), "--json")
+    assert json.loads(out)["cmdline"] == "second"
+
+
+@pytest.mark.parametrize("argv_tail,message,code", [
+    ([], "nothing to do", 2),
+    (["-l"], "no kernel image given", 2),
+    (["-l", "/nonexistent/kernel"], "does not exist", 1),
+    (["-l", "/"], "is a directory", 1),
+    (["-l", "KERNEL", "--mem-min", "banana"], "not a number", 2),
+    (["-l", "KERNEL", "--mem-min", "0x2000000", "--mem-max", "0x1000000"], "is above --mem-max", 2),
+    (["-l", "KERNEL", "-t", "multiboot-x86"], "unknown image type", 2),
+    (["-l", "KERNEL", "--module", "foo"], "--module is for multiboot", 2),
+    (["-l", "KERNEL", "-s", "-c"], "not allowed with", 2),
+    (["-l", "-p", "KERNEL"], "exclusive", 2),
+    (["-c", "-l", "KERNEL", "--append", "x" * 3000], "accepts at most 2047", 2),
+    (["-p", "-c", "KERNEL"], "crash kernel region", 2),
+    (["-c", "-l", "KERNEL", "--mem-max", "0x200000"], "no room for the kernel", 1),
+])
+def test_errors_are_one_line(capsys, bzimage_file, machine_file, argv_tail, message, code):
+    argv = [str(bzimage_file) if a == "KERNEL" else a for a in argv_tail]
+    if argv:
+        argv += ["--machine", str(machine_file)]
+    rc, out, err = run(capsys, *argv)
+    assert rc == code
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("pykexec: ") and "Traceback" not in err
+
+
+def test_garbage_image(capsys, tmp_path, machine_file):
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + b"\xff" * 200)
+    rc, _, err = run(capsys, "-l", str(junk), "--machine", str(machine_file))
+    assert rc == 1 and "cannot determine the image type" in err and err.count("\n") == 1
+
+
+def test_no_traceback_from_the_console_script(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pykexec", "-l", str(tmp_path / "missing")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("does not exist")
+    assert "Traceback" not in proc.stderr
