@@ -55,7 +55,7 @@ def e820_entries(memory: MemoryMap) -> list[bp.E820Entry]:
 
 
 def build_boot_params(header: bp.SetupHeader, machine: Machine, *, e820: MemoryMap, cmdline_addr: int,
-                      initrd: Range | None, setup_data: int = 0) -> bytes:
+                      initrd: Range | None, setup_data: int = 0, efi_memmap: Range | None = None) -> bytes:
     """The zero page for the next kernel. ``e820`` is the memory map it should believe in
     (all of it for a normal kexec; the crash region for a crash kernel)."""
     params = bp.BootParams()
@@ -93,7 +93,68 @@ def build_boot_params(header: bp.SetupHeader, machine: Machine, *, e820: MemoryM
     params.screen_info.ext_mem_k = min(mem_k, 0xFC00)
     if machine.acpi_rsdp:
         params.acpi_rsdp_addr = machine.acpi_rsdp
+    if efi_memmap is not None and machine.efi is not None:
+        efi = bp.EfiInfo.from_buffer_copy(machine.efi.efi_info)
+        efi.efi_memdesc_size = ctypes.sizeof(bp.EfiMemoryDesc)
+        efi.efi_memdesc_version = 1
+        efi.efi_memmap = efi_memmap.start & 0xFFFFFFFF
+        efi.efi_memmap_hi = efi_memmap.start >> 32
+        efi.efi_memmap_size = efi_memmap.size
+        params.efi_info = efi
     return bytes(params)
+
+
+class SetupDataBlock:
+    """The setup_data chain (e820 beyond 128 entries, EFI hand-over) and the EFI runtime
+    map, laid out back to back in one segment to spend one of the 16 segments only."""
+
+    def __init__(self, items: list[tuple[int, bytes]], efi_map: bytes = b"") -> None:
+        self.items = items
+        self.efi_map = efi_map
+        self.addr = 0
+        self.offsets: list[int] = []
+        pos = 0
+        for _, payload in items:
+            self.offsets.append(pos)
+            pos = align_up(pos + ctypes.sizeof(bp.SetupDataHeader) + len(payload), 8)
+        self.map_offset = pos
+        self.size = pos + len(efi_map)
+
+    @classmethod
+    def for_machine(cls, machine: Machine, header: bp.SetupHeader) -> "SetupDataBlock":
+        items: list[tuple[int, bytes]] = []
+        entries = e820_entries(machine.memory)
+        if len(entries) > bp.E820_MAX_ENTRIES_ZEROPAGE:
+            items.append((bp.SETUP_E820_EXT, b"".join(bytes(e) for e in entries[bp.E820_MAX_ENTRIES_ZEROPAGE:])))
+        efi_map = b""
+        efi = machine.efi
+        # Only a kernel that says it can take EFI from kexec gets it; others boot as noefi.
+        if efi is not None and header.xloadflags & bp.XLF_EFI_KEXEC and efi.runtime_map:
+            items.append((bp.SETUP_EFI, bytes(bp.EfiSetupData(fw_vendor=efi.fw_vendor, runtime=efi.runtime,
+                                                              tables=efi.config_table, smbios=efi.smbios))))
+            efi_map = b"".join(bytes(bp.EfiMemoryDesc(r.type, 0, r.phys_addr, r.virt_addr, r.num_pages,
+                                                      r.attribute)) for r in efi.runtime_map)
+        return cls(items, efi_map)
+
+    def place(self, addr: int) -> None:
+        self.addr = addr
+
+    @property
+    def first(self) -> int:
+        return self.addr + self.offsets[0] if self.items and self.addr else 0
+
+    @property
+    def efi_memmap(self) -> Range | None:
+        return Range.sized(self.addr + self.map_offset, len(self.efi_map)) if self.efi_map and self.addr else None
+
+    def render(self) -> bytes:
+        out = bytearray(self.size)
+        for i, ((kind, payload), off) in enumerate(zip(self.items, self.offsets)):
+            nxt = self.addr + self.offsets[i + 1] if i + 1 < len(self.items) else 0
+            blob = bytes(bp.SetupDataHeader(nxt, kind, len(payload))) + payload
+            out[off:off + len(blob)] = blob
+        out[self.map_offset:] = self.efi_map
+        return bytes(out)
 
 
 def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
@@ -118,13 +179,10 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
         initrd_range = _place_initrd(alloc, header, len(req.initrd))
         plan.segments.append(Segment("initrd", initrd_range.start, align_up(len(req.initrd), PAGE_SIZE), req.initrd))
 
-    setup_data_addr = 0
-    entries = e820_entries(machine.memory)
-    if len(entries) > bp.E820_MAX_ENTRIES_ZEROPAGE:
-        extra = b"".join(bytes(e) for e in entries[bp.E820_MAX_ENTRIES_ZEROPAGE:])
-        blob = bytes(bp.SetupDataHeader(0, bp.SETUP_E820_EXT, len(extra))) + extra
-        setup_data_addr = alloc.allocate(len(blob), max_addr=BELOW_4G, what="e820 setup_data")
-        plan.segments.append(Segment("setup_data", setup_data_addr, align_up(len(blob), PAGE_SIZE), blob))
+    extras = SetupDataBlock.for_machine(machine, header)
+    if extras.size:
+        extras.place(alloc.allocate(extras.size, max_addr=BELOW_4G, what="setup_data"))
+        plan.segments.append(Segment("setup_data", extras.addr, align_up(extras.size, PAGE_SIZE), extras.render()))
 
     cmdline_buf = cmdline + b"\0"
     cmdline_addr = alloc.allocate(len(cmdline_buf), max_addr=BELOW_4G, what="command line")
@@ -132,7 +190,8 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
 
     zero_page = build_boot_params(header, machine, e820=machine.memory, cmdline_addr=cmdline_addr,
                                   initrd=Range.sized(initrd_range.start, len(req.initrd or b""))
-                                  if initrd_range else None, setup_data=setup_data_addr)
+                                  if initrd_range else None, setup_data=extras.first,
+                                  efi_memmap=extras.efi_memmap)
     bp_addr = alloc.allocate(len(zero_page), max_addr=BELOW_4G, what="boot_params")
     plan.segments.append(Segment("boot_params", bp_addr, PAGE_SIZE, zero_page))
 

@@ -27,6 +27,30 @@ class XenInfo:
 
 
 @dataclass(frozen=True)
+class EfiRuntimeRange:
+    """One entry of /sys/firmware/efi/runtime-map: a region EFI runtime services use,
+    with the virtual address the running kernel mapped it at."""
+
+    type: int
+    phys_addr: int
+    virt_addr: int
+    num_pages: int
+    attribute: int
+
+
+@dataclass(frozen=True)
+class EfiFirmware:
+    """What a kexec'd kernel needs to keep using EFI runtime services."""
+
+    efi_info: bytes  # the running boot_params' 32-byte efi_info
+    fw_vendor: int
+    runtime: int
+    config_table: int
+    smbios: int
+    runtime_map: tuple[EfiRuntimeRange, ...]
+
+
+@dataclass(frozen=True)
 class Machine:
     memory: MemoryMap
     crash_kernel: Range | None = None
@@ -37,6 +61,7 @@ class Machine:
     # The running kernel's zero page, when the system exposes it: the template for
     # video and EFI information we pass on.
     running_boot_params: bytes | None = None
+    efi: EfiFirmware | None = None
     source: str = "this machine"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -123,7 +148,35 @@ def probe() -> Machine:
         lockdown=parse_lockdown(_read("/sys/kernel/security/lockdown")),
         acpi_rsdp=_find_rsdp(boot_params),
         running_boot_params=boot_params,
+        efi=read_efi(boot_params),
     )
+
+
+def read_efi(boot_params: bytes | None, root: Path = Path("/sys/firmware/efi")) -> EfiFirmware | None:
+    """EFI hand-over data, or None when not booted by EFI or when a piece is missing
+    (then the next kernel boots without EFI runtime services, as with noefi)."""
+    if boot_params is None or len(boot_params) < 0x1E0 or not root.is_dir():
+        return None
+    efi_info = boot_params[0x1C0:0x1E0]
+    if not any(efi_info):
+        return None
+
+    def hexfile(name: str) -> int:
+        return int((root / name).read_text().strip(), 16)
+
+    try:
+        fw_vendor, runtime, config_table = hexfile("fw_vendor"), hexfile("runtime"), hexfile("config_table")
+        systab = (root / "systab").read_text()
+        m = re.search(r"^SMBIOS=(0x[0-9a-fA-F]+)", systab, re.M)
+        smbios = int(m.group(1), 16) if m else 0
+        ranges = []
+        rmap = root / "runtime-map"
+        for entry in sorted(rmap.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
+            ranges.append(EfiRuntimeRange(*(int((entry / f).read_text().strip(), 16) for f in
+                                            ("type", "phys_addr", "virt_addr", "num_pages", "attribute"))))
+    except (OSError, ValueError):
+        return None
+    return EfiFirmware(efi_info, fw_vendor, runtime, config_table, smbios, tuple(ranges))
 
 
 def _find_rsdp(boot_params: bytes | None) -> int | None:

@@ -109,3 +109,52 @@ def test_e820_over_128_entries_goes_to_setup_data():
     assert struct.unpack_from("<Q", page, 0x250)[0] == sd.mem
     nxt, typ, length = struct.unpack_from("<QII", sd.data, 0)
     assert (nxt, typ, length) == (0, bp.SETUP_E820_EXT, (151 - 128) * 20)
+
+
+def _fake_efi_sysfs(root):
+    (root / "runtime-map").mkdir(parents=True)
+    (root / "fw_vendor").write_text("0x7fe9c018\n")
+    (root / "runtime").write_text("0x7fe9bb98\n")
+    (root / "config_table").write_text("0x7fe9a118\n")
+    (root / "systab").write_text("ACPI20=0x7fb7e014\nACPI=0x7fb7e000\nSMBIOS=0x7f98f000\n")
+    for i, (t, phys, virt, pages) in enumerate([(5, 0x7f000000, 0xfffffffeee000000, 0x10),
+                                               (6, 0x7f100000, 0xfffffffeee100000, 0x20)]):
+        d = root / "runtime-map" / str(i)
+        d.mkdir()
+        for name, value in (("type", t), ("phys_addr", phys), ("virt_addr", virt), ("num_pages", pages),
+                            ("attribute", 0x800000000000000F)):
+            (d / name).write_text(f"{value:#x}\n")
+
+
+def test_efi_handover(tmp_path):
+    import dataclasses
+
+    _fake_efi_sysfs(tmp_path)
+    running = bytearray(4096)
+    struct.pack_into("<IIIIIIII", running, 0x1C0, 0x34364C45, 0x7fe9d018, 48, 1, 0x7e000000, 0x1800, 0, 0)
+    efi = machine_mod.read_efi(bytes(running), tmp_path)
+    assert efi is not None and efi.smbios == 0x7F98F000 and len(efi.runtime_map) == 2
+    assert machine_mod.read_efi(bytes(4096), tmp_path) is None       # booted by BIOS
+    assert machine_mod.read_efi(bytes(running), tmp_path / "x") is None
+    machine = dataclasses.replace(machine_mod.from_dict(MACHINE_1G), efi=efi)
+    from pathlib import Path
+
+    def plan_for(xlf):
+        req = LoadRequest(kernel_path=Path("k"), kernel=make_bzimage(xloadflags=xlf), machine=machine, cmdline="x")
+        return {s.role: s for s in bzimage.plan(req).segments}
+
+    segs = plan_for(bp.XLF_KERNEL_64 | bp.XLF_CAN_BE_LOADED_ABOVE_4G | bp.XLF_EFI_KEXEC)
+    page, sd = segs["boot_params"].data, segs["setup_data"]
+    # efi_info: signature and system table kept, memmap pointing at our runtime map
+    sig, systab, desc_size, desc_ver, mmap, mmap_size, systab_hi, mmap_hi = struct.unpack_from("<8I", page, 0x1C0)
+    assert (sig, systab, desc_size, desc_ver, mmap_size, systab_hi, mmap_hi) == (0x34364C45, 0x7fe9d018, 40, 1, 80, 0, 0)
+    assert struct.unpack_from("<Q", page, 0x250)[0] == sd.mem           # setup_data chain head
+    nxt, kind, length = struct.unpack_from("<QII", sd.data, 0)
+    assert (nxt, kind, length) == (0, bp.SETUP_EFI, 96)
+    assert struct.unpack_from("<4Q", sd.data, 16) == (0x7fe9c018, 0x7fe9bb98, 0x7fe9a118, 0x7f98f000)
+    off = mmap - sd.mem
+    assert struct.unpack_from("<IIQQQQ", sd.data, off) == (5, 0, 0x7f000000, 0xfffffffeee000000, 0x10,
+                                                            0x800000000000000F)
+    # a kernel without XLF_EFI_KEXEC boots without EFI: no efi_info, no setup_data
+    segs = plan_for(bp.XLF_KERNEL_64 | bp.XLF_CAN_BE_LOADED_ABOVE_4G)
+    assert "setup_data" not in segs and segs["boot_params"].data[0x1C0:0x1E0] == bytes(32)

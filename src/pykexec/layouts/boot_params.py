@@ -156,6 +156,35 @@ class SetupDataHeader(_Packed):
     _fields_ = [("next", u64), ("type", u32), ("len", u32)]
 
 
+class EfiSetupData(_Packed):
+    """Payload of SETUP_EFI setup_data: what a kexec'd kernel cannot learn from firmware
+    again, because ExitBootServices and SetVirtualAddressMap happen only once."""
+
+    _fields_ = [
+        ("fw_vendor", u64),
+        ("runtime", u64),  # "__unused" in newer kernels, which find it via the system table
+        ("tables", u64),
+        ("smbios", u64),
+        ("reserved", u64 * 8),
+    ]
+
+
+class EfiMemoryDesc(_Packed):
+    """efi_memory_desc_t, as passed in the runtime map (efi_info.efi_memmap)."""
+
+    _fields_ = [
+        ("type", u32),
+        ("pad", u32),
+        ("phys_addr", u64),
+        ("virt_addr", u64),
+        ("num_pages", u64),
+        ("attribute", u64),
+    ]
+
+
+EFI64_LOADER_SIGNATURE = 0x34364C45  # "EL64"
+
+
 class BootParams(_Packed):
     """struct boot_params: exactly one 4 KiB page."""
 
@@ -201,3 +230,5 @@ class BootParams(_Packed):
 assert ctypes.sizeof(SetupHeader) == 0x7B
 assert ctypes.sizeof(ScreenInfo) == 0x40
 assert ctypes.sizeof(BootParams) == 0x1000
+assert ctypes.sizeof(EfiSetupData) == 96
+assert ctypes.sizeof(EfiMemoryDesc) == 40
