@@ -27,6 +27,7 @@ _DROP_ON_REUSE = ("BOOT_IMAGE=", "crashkernel=", "kexec_jump_back_entry=")
 _CMDLINE_WORD = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 # kexec_file_load errors after which kexec_load may be tried (not signature errors).
 _FALLBACK_ERRNOS = (errno.ENOSYS, errno.EINVAL, errno.ENOEXEC, errno.EOPNOTSUPP)
+COM1_PORT = 0x3F8  # ttyS0: where -d makes purgatory report
 
 
 def _address(text: str) -> int:
@@ -136,7 +137,8 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
                          "use -s (kexec_file_load)")
     req = images.LoadRequest(kernel_path=args.kernel, kernel=kernel, machine=machine, cmdline=cmdline,
                              initrd_path=args.initrd, initrd=initrd, crash=args.load_panic,
-                             mem_min=args.mem_min, mem_max=args.mem_max, backend=backend)
+                             mem_min=args.mem_min, mem_max=args.mem_max, backend=backend,
+                             purgatory_console=COM1_PORT if args.debug else 0)
     plan = image_type.plan(req)
     validate(plan, machine)
     return plan

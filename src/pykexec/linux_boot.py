@@ -195,7 +195,7 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
     bp_addr = alloc.allocate(len(zero_page), max_addr=BELOW_4G, what="boot_params")
     plan.segments.append(Segment("boot_params", bp_addr, PAGE_SIZE, zero_page))
 
-    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr)
+    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr, console_port=req.purgatory_console)
     return plan
 
 

@@ -27,6 +27,8 @@ class LoadRequest:
     mem_max: int = (1 << 64) - 1
     modules: list[tuple[Path, bytes, str]] = field(default_factory=list)
     backend: str = "kexec_load"
+    # I/O port of the UART purgatory reports on (0: silent), set by -d.
+    purgatory_console: int = 0
 
 
 @dataclass(frozen=True)
