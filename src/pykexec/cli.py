@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multiboot module (repeatable)")
     opt.add_argument("--mem-min", type=_address, default=0, help="lowest address to use")
     opt.add_argument("--mem-max", type=_address, default=(1 << 64) - 1, help="highest address to use")
+    opt.add_argument("--pass-memmap-cmdline", action="store_true",
+                     help="-p: also describe the crash kernel's memory with memmap= options")
     opt.add_argument("--args-linux", action="store_true", help="accepted for kexec-tools compatibility (ELF)")
     sc = opt.add_mutually_exclusive_group()
     sc.add_argument("-s", "--kexec-file-syscall", dest="syscall", action="store_const", const="file",
@@ -132,13 +134,11 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
             raise UsageError(f"kexec_file_load cannot load {image_type.name} images; use -c")
         return LoadPlan(image_type=image_type.name, backend=backend, crash=args.load_panic, cmdline=cmdline,
                         file_inputs=FileLoadInputs(args.kernel, args.initrd, cmdline))
-    if args.load_panic:
-        raise UsageError("crash kernels through kexec_load need an elfcorehdr, which pykexec does not build yet; "
-                         "use -s (kexec_file_load)")
     req = images.LoadRequest(kernel_path=args.kernel, kernel=kernel, machine=machine, cmdline=cmdline,
                              initrd_path=args.initrd, initrd=initrd, crash=args.load_panic,
                              mem_min=args.mem_min, mem_max=args.mem_max, backend=backend,
-                             purgatory_console=COM1_PORT if args.debug else 0)
+                             purgatory_console=COM1_PORT if args.debug else 0,
+                             memmap_cmdline=args.pass_memmap_cmdline)
     plan = image_type.plan(req)
     validate(plan, machine)
     return plan

@@ -9,6 +9,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Callable
 
+from pykexec import crash
 from pykexec.errors import PlacementError, UsageError
 from pykexec.images import LoadRequest
 from pykexec.layouts import boot_params as bp
@@ -121,9 +122,9 @@ class SetupDataBlock:
         self.size = pos + len(efi_map)
 
     @classmethod
-    def for_machine(cls, machine: Machine, header: bp.SetupHeader) -> "SetupDataBlock":
+    def for_machine(cls, machine: Machine, header: bp.SetupHeader, e820: MemoryMap) -> "SetupDataBlock":
         items: list[tuple[int, bytes]] = []
-        entries = e820_entries(machine.memory)
+        entries = e820_entries(e820)
         if len(entries) > bp.E820_MAX_ENTRIES_ZEROPAGE:
             items.append((bp.SETUP_E820_EXT, b"".join(bytes(e) for e in entries[bp.E820_MAX_ENTRIES_ZEROPAGE:])))
         efi_map = b""
@@ -158,28 +159,43 @@ class SetupDataBlock:
 
 
 def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
-               place_kernel: Callable[[Allocator], PlacedKernel]) -> LoadPlan:
-    """Place the kernel (through ``place_kernel``), then initrd, command line, boot_params
-    and purgatory; the result is a kexec_load plan entered through purgatory."""
+               place_kernel: Callable[[Allocator], PlacedKernel], kernel_memsz: int) -> LoadPlan:
+    """Place the kernel (through ``place_kernel``), then initrd, crash segments for -p,
+    command line, boot_params and purgatory; the result is a kexec_load plan entered
+    through purgatory. ``kernel_memsz`` is what the kernel will occupy (for -p's check)."""
     machine = req.machine
     alloc = Allocator(machine.memory.ram(), window_for(req))
+    if req.crash:
+        _check_crash_room(req, kernel_memsz)
     kernel = place_kernel(alloc)
     plan = LoadPlan(image_type=image_type, backend=BACKEND_KEXEC_LOAD, crash=req.crash,
                     cmdline=req.cmdline, kernel_entry=kernel.entry64)
     plan.segments.extend(kernel.segments)
-
-    cmdline = req.cmdline.encode()
-    if header.cmdline_size and len(cmdline) > header.cmdline_size:
-        raise UsageError(f"command line is {len(cmdline)} bytes; this kernel accepts at most {header.cmdline_size}")
-    if b"\0" in cmdline:
-        raise UsageError("command line contains a NUL byte")
 
     initrd_range = None
     if req.initrd is not None:
         initrd_range = _place_initrd(alloc, header, len(req.initrd))
         plan.segments.append(Segment("initrd", initrd_range.start, align_up(len(req.initrd), PAGE_SIZE), req.initrd))
 
-    extras = SetupDataBlock.for_machine(machine, header)
+    e820 = machine.memory
+    backup = None
+    if req.crash:
+        e820, backup = _add_crash_segments(plan, alloc, machine)
+        elfcorehdr = next(s for s in plan.segments if s.role == "elfcorehdr")
+        extra = f"elfcorehdr={elfcorehdr.mem:#x}"
+        if req.memmap_cmdline:
+            extra = f"{crash.memmap_cmdline(e820)} {extra}"
+        plan.cmdline = f"{plan.cmdline} {extra}".strip()
+
+    cmdline = plan.cmdline.encode()
+    if header.cmdline_size and len(cmdline) > header.cmdline_size:
+        what = " with the crash kernel's additions" if req.crash else ""
+        raise UsageError(f"command line{what} is {len(cmdline)} bytes; this kernel accepts at most "
+                         f"{header.cmdline_size}")
+    if b"\0" in cmdline:
+        raise UsageError("command line contains a NUL byte")
+
+    extras = SetupDataBlock.for_machine(machine, header, e820)
     if extras.size:
         extras.place(alloc.allocate(extras.size, max_addr=BELOW_4G, what="setup_data"))
         plan.segments.append(Segment("setup_data", extras.addr, align_up(extras.size, PAGE_SIZE), extras.render()))
@@ -188,15 +204,60 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
     cmdline_addr = alloc.allocate(len(cmdline_buf), max_addr=BELOW_4G, what="command line")
     plan.segments.append(Segment("cmdline", cmdline_addr, align_up(len(cmdline_buf), PAGE_SIZE), cmdline_buf))
 
-    zero_page = build_boot_params(header, machine, e820=machine.memory, cmdline_addr=cmdline_addr,
+    zero_page = build_boot_params(header, machine, e820=e820, cmdline_addr=cmdline_addr,
                                   initrd=Range.sized(initrd_range.start, len(req.initrd or b""))
                                   if initrd_range else None, setup_data=extras.first,
                                   efi_memmap=extras.efi_memmap)
     bp_addr = alloc.allocate(len(zero_page), max_addr=BELOW_4G, what="boot_params")
     plan.segments.append(Segment("boot_params", bp_addr, PAGE_SIZE, zero_page))
 
-    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr, console_port=req.purgatory_console)
+    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr, console_port=req.purgatory_console, backup=backup)
     return plan
+
+
+# Loader data besides kernel and initrd: boot_params, command line, purgatory,
+# elfcorehdr, setup_data; a generous bound, used only to say how much is missing.
+CRASH_LOADER_OVERHEAD = 64 * 1024
+
+
+def _check_crash_room(req: LoadRequest, kernel_memsz: int) -> None:
+    region = window_for(req)
+    dump = req.machine.dump
+    backup = crash.BACKUP_END if dump is not None and dump.needs_backup else 0
+    need = kernel_memsz + align_up(len(req.initrd or b""), PAGE_SIZE) + CRASH_LOADER_OVERHEAD + backup
+    if need > region.size:
+        raise PlacementError(
+            f"the crash kernel region {region} holds {region.size >> 20} MiB; this kernel "
+            f"({kernel_memsz >> 20} MiB with its work area), initrd ({len(req.initrd or b'') >> 20} MiB) and "
+            f"loader data need {-(-need // MiB)} MiB: reserve more with crashkernel=")
+
+
+def _add_crash_segments(plan: LoadPlan, alloc: Allocator,
+                        machine: Machine) -> tuple[MemoryMap, tuple[Range, int] | None]:
+    """The elfcorehdr (and, for pre-5.6 crashed kernels, the low-memory backup);
+    returns the crash kernel's memory map and (backup source, copy address)."""
+    region = machine.crash_kernel
+    assert region is not None
+    sources = machine.dump or crash.DumpSources()
+    if not sources.cpu_notes:
+        plan.notes.append("no per-CPU crash notes known: the dump will have no CPU registers")
+    if sources.vmcoreinfo is None:
+        plan.notes.append("no VMCOREINFO known: dump tools will need debug symbols")
+    ranges = crash.dump_ranges(machine.memory, region)
+    backup = None
+    src = crash.backup_source(machine.memory) if sources.needs_backup else None
+    if src is not None:
+        copy = alloc.allocate(src.size, what="low-memory backup")
+        backup = (src, copy)
+        plan.segments.append(Segment("backup", copy, align_up(src.size, PAGE_SIZE), b""))
+        plan.notes.append(f"crashed kernel {sources.kernel_release} predates 5.6: purgatory backs up {src}")
+    size = crash.elfcorehdr_size(sources, ranges, backup is not None)
+    addr = alloc.allocate(size, what="elfcorehdr")
+    header = crash.build_elfcorehdr(sources, ranges, backup=backup)
+    assert len(header) <= size
+    plan.segments.append(Segment("elfcorehdr", addr, align_up(size, PAGE_SIZE), header))
+    exclude = [s.range for s in plan.segments if s.role in ("elfcorehdr", "backup")]
+    return crash.crash_memory_map(machine.memory, region, exclude), backup
 
 
 def _place_initrd(alloc: Allocator, header: bp.SetupHeader, size: int) -> Range:
@@ -211,12 +272,15 @@ def _place_initrd(alloc: Allocator, header: bp.SetupHeader, size: int) -> Range:
     return Range.sized(addr, size)
 
 
-def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, *, rsi: int, console_port: int = 0) -> None:
+def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, *, rsi: int, console_port: int = 0,
+                     backup: tuple[Range, int] | None = None) -> None:
     """Add purgatory, which checks every other segment's SHA-256 and then enters the kernel
     at ``entry`` in 64-bit mode with RSI = ``rsi``; the plan's entry becomes purgatory's."""
     purgatory = Purgatory.load()
     addr = alloc.allocate(purgatory.memsz, max_addr=BELOW_4G, what="purgatory")
     regions = [DigestRegion(s.mem, s.memsz, s.sha256) for s in plan.sorted_segments()]
-    blob = purgatory.render(PurgatoryParams(entry=entry, rsi=rsi, regions=regions, console_port=console_port))
+    src, copy = backup if backup is not None else (Range(0, 0), 0)
+    blob = purgatory.render(PurgatoryParams(entry=entry, rsi=rsi, regions=regions, console_port=console_port,
+                                            backup_src=src.start, backup_dst=copy, backup_size=src.size))
     plan.segments.append(Segment("purgatory", addr, align_up(purgatory.memsz, PAGE_SIZE), blob))
     plan.entry = addr + purgatory.entry_offset

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pykexec.crash import DumpSources, KernelImage, probe_dump_sources
 from pykexec.errors import InputError, MachineError
 from pykexec.memory import MemoryMap, MemType, Range, Region
 
@@ -62,6 +63,8 @@ class Machine:
     # video and EFI information we pass on.
     running_boot_params: bytes | None = None
     efi: EfiFirmware | None = None
+    # What a crash kernel's elfcorehdr points at (CPU notes, VMCOREINFO, kernel image).
+    dump: DumpSources | None = None
     source: str = "this machine"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -141,14 +144,16 @@ def probe() -> Machine:
         boot_params = Path("/sys/kernel/boot_params/data").read_bytes()
     except OSError:
         pass
+    crash_kernel = max(crash, default=None)
     return Machine(
         memory=memory,
-        crash_kernel=max(crash, default=None),
+        crash_kernel=crash_kernel,
         cmdline=(_read("/proc/cmdline") or "").strip(),
         lockdown=parse_lockdown(_read("/sys/kernel/security/lockdown")),
         acpi_rsdp=_find_rsdp(boot_params),
         running_boot_params=boot_params,
         efi=read_efi(boot_params),
+        dump=probe_dump_sources() if crash_kernel else None,
     )
 
 
@@ -225,7 +230,7 @@ def from_dict(data: Any, source: str = "--machine") -> Machine:
     """Build a Machine from the documented JSON description (see docs/machine-file.md)."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: the top level must be a JSON object")
-    unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp"}
+    unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp", "dump"}
     if unknown:
         raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
     mem = data.get("memory")
@@ -272,8 +277,37 @@ def from_dict(data: Any, source: str = "--machine") -> Machine:
     if lockdown not in ("none", "integrity", "confidentiality"):
         raise InputError(f"{source}: lockdown must be none, integrity, confidentiality, true or false")
     rsdp = _addr(data["acpi_rsdp"], f"{source}: acpi_rsdp") if data.get("acpi_rsdp") is not None else None
+    dump = _dump_sources(data["dump"], source) if data.get("dump") is not None else DumpSources()
     return Machine(memory=memory, crash_kernel=crash, cmdline=cmdline.strip(), lockdown=lockdown,
-                   xen=xen, acpi_rsdp=rsdp, source=source)
+                   xen=xen, acpi_rsdp=rsdp, dump=dump, source=source)
+
+
+def _dump_sources(d: Any, source: str) -> DumpSources:
+    if not isinstance(d, dict):
+        raise InputError(f"{source}: \"dump\" must be an object")
+    unknown = set(d) - {"cpu_notes", "vmcoreinfo", "kernel_image", "page_offset", "kernel_release"}
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) in dump: {', '.join(sorted(unknown))}")
+    notes = d.get("cpu_notes", [])
+    if not isinstance(notes, list):
+        raise InputError(f"{source}: dump.cpu_notes must be a list of {{start, end}}")
+    image = None
+    if d.get("kernel_image") is not None:
+        k = d["kernel_image"]
+        if not isinstance(k, dict) or not {"vaddr", "paddr", "size"} <= set(k):
+            raise InputError(f"{source}: dump.kernel_image needs vaddr, paddr and size")
+        image = KernelImage(*(_addr(k[f], f"{source}: dump.kernel_image.{f}") for f in ("vaddr", "paddr", "size")))
+    release = d.get("kernel_release")
+    if release is not None and not isinstance(release, str):
+        raise InputError(f"{source}: dump.kernel_release must be a string")
+    return DumpSources(
+        cpu_notes=tuple(_range(n, f"{source}: dump.cpu_notes[{i}]") for i, n in enumerate(notes)),
+        vmcoreinfo=_range(d["vmcoreinfo"], f"{source}: dump.vmcoreinfo") if d.get("vmcoreinfo") else None,
+        kernel_image=image,
+        page_offset=_addr(d["page_offset"], f"{source}: dump.page_offset") if "page_offset" in d
+        else DumpSources().page_offset,
+        kernel_release=release,
+    )
 
 
 def load(path: str | os.PathLike[str]) -> Machine:

@@ -29,6 +29,8 @@ class LoadRequest:
     backend: str = "kexec_load"
     # I/O port of the UART purgatory reports on (0: silent), set by -d.
     purgatory_console: int = 0
+    # -p: describe the crash kernel's memory with memmap= options too.
+    memmap_cmdline: bool = False
 
 
 @dataclass(frozen=True)

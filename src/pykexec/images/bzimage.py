@@ -75,7 +75,7 @@ def plan(req: LoadRequest) -> LoadPlan:
     h = img.header
 
     def place_kernel(alloc: Allocator) -> PlacedKernel:
-        body = img.kernel
+        body = bytes(img.kernel)
         # init_size covers the decompressor's work area: reserve all of it.
         memsz = align_up(max(h.init_size, len(body)), PAGE_SIZE)
         if h.relocatable_kernel:
@@ -87,7 +87,8 @@ def plan(req: LoadRequest) -> LoadPlan:
         seg = Segment("kernel", addr, memsz, body)
         return PlacedKernel([seg], addr + bp.STARTUP_64_OFFSET)
 
-    result = plan_linux(req, "bzImage64", h, place_kernel)
+    result = plan_linux(req, "bzImage64", h, place_kernel,
+                        kernel_memsz=align_up(max(h.init_size, len(img.kernel)), PAGE_SIZE))
     result.notes.append(f"bzImage protocol {img.protocol}, init_size {h.init_size:#x}, "
                         f"alignment {h.kernel_alignment:#x}")
     return result

@@ -116,17 +116,19 @@ def plan(req: LoadRequest) -> LoadPlan:
     if why is not None:
         raise ImageFormatError(f"{req.kernel_path}: {why}")
     loads, entry = load_segments(req.kernel)
+    merged = merge_loads(loads)
 
     def place_kernel(alloc: Allocator) -> PlacedKernel:
         segments = []
-        for start, size, buf in merge_loads(loads):
+        for start, size, buf in merged:
             alloc.reserve(Range.sized(start, size))
             segments.append(Segment("kernel", start, size, bytes(buf)))
         if not any(s.range.contains(entry) for s in segments):
             raise ImageFormatError(f"{req.kernel_path}: entry point {entry:#x} is outside every PT_LOAD")
         return PlacedKernel(segments, entry)
 
-    return plan_linux(req, "elf-x86_64", synthetic_header(), place_kernel)
+    return plan_linux(req, "elf-x86_64", synthetic_header(), place_kernel,
+                      kernel_memsz=sum(size for _, size, _ in merged))
 
 
 ELF_X86_64 = ImageType(
