@@ -1,0 +1,146 @@
+"""``pykexec vmcore dmesg [options] PATH``: print the kernel log of a crash dump.
+
+Entry point :func:`main` takes the arguments after ``vmcore``
+(``["dmesg", "-x", "/var/crash/vmcore"]``); ``python -m pykexec.vmcore.cli``
+does the same.  Without options the output is byte for byte what
+kexec-tools' ``vmcore-dmesg`` prints, except for two kinds of empty lines
+it prints that are not messages (the 3.5-5.9 end-of-buffer marker, 5.10+
+failed reservations; see :func:`pykexec.vmcore.printk.format_vmcore_dmesg`).
+
+The options are parsed by hand rather than with argparse: importing
+argparse costs more than reading a dump's log, and this command is
+meant to be as quick as the C tool it replaces.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pykexec.errors import KexecError, UsageError
+
+USAGE = """\
+usage: pykexec vmcore dmesg [options] PATH
+
+Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
+Output matches kexec-tools' vmcore-dmesg unless an option changes it.
+
+options:
+  -l, --level LIST   only these levels: comma-separated names
+                     (emerg,alert,crit,err,warn,notice,info,debug) or numbers 0-7
+  -x, --decode       prefix facility and level ("kern  :info  : ")
+  -T, --ctime        wall-clock times, from VMCOREINFO's CRASHTIME minus the
+                     last record's timestamp (about +-1 s)
+  --show-caller      show the thread [T<pid>] or CPU [C<n>] that logged each
+                     record (kernels with CONFIG_PRINTK_CALLER)
+  -h, --help         show this help
+"""
+
+
+class DmesgOptions:
+    """Parsed ``vmcore dmesg`` options (a plain class: dataclasses is slow to import)."""
+
+    def __init__(self, path: str, levels: str | None = None, decode: bool = False,
+                 ctime: bool = False, show_caller: bool = False) -> None:
+        self.path = path
+        self.levels = levels
+        self.decode = decode
+        self.ctime = ctime
+        self.show_caller = show_caller
+
+
+def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
+    """Options of ``vmcore dmesg``; None when help was asked for."""
+    opts: dict[str, object] = {}
+    paths: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            paths += args
+            break
+        if arg in ("-h", "--help"):
+            return None
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name == "--level":
+                if not eq:
+                    if not args:
+                        raise UsageError("--level needs a value")
+                    value = args.pop(0)
+                opts["levels"] = value
+            elif name in ("--decode", "--ctime", "--show-caller") and not eq:
+                opts[name[2:].replace("-", "_")] = True
+            else:
+                raise UsageError(f"unknown option {arg}")
+        elif arg.startswith("-") and arg != "-":
+            flags = arg[1:]
+            while flags:
+                c, flags = flags[0], flags[1:]
+                if c == "x":
+                    opts["decode"] = True
+                elif c == "T":
+                    opts["ctime"] = True
+                elif c == "h":
+                    return None
+                elif c == "l":
+                    if not flags:
+                        if not args:
+                            raise UsageError("-l needs a value")
+                        flags = args.pop(0)
+                    opts["levels"], flags = flags, ""
+                else:
+                    raise UsageError(f"unknown option -{c}")
+        else:
+            paths.append(arg)
+    if len(paths) != 1:
+        raise UsageError("expected exactly one dump file (PATH)")
+    return DmesgOptions(paths[0], **opts)  # type: ignore[arg-type]
+
+
+def dmesg(opts: DmesgOptions) -> bytes:
+    """The text ``vmcore dmesg`` prints for ``opts``."""
+    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
+
+    levels = parse_levels(opts.levels) if opts.levels is not None else None
+    with ElfCore(opts.path) as core:
+        log = read_log(core)
+        boot = boot_time(log, core.require_vmcoreinfo().crashtime) if opts.ctime else None
+        return format_log(log, levels=levels, decode=opts.decode, boot=boot,
+                          show_caller=opts.show_caller)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pykexec vmcore SUBCOMMAND ...``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0 if argv else 2
+        if argv[0] != "dmesg":
+            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg)")
+        opts = parse_dmesg_args(argv[1:])
+        if opts is None:
+            sys.stdout.write(USAGE)
+            return 0
+        out = dmesg(opts)
+    except KexecError as err:
+        sys.stderr.write(f"pykexec: {err}\n")
+        if isinstance(err, UsageError):
+            sys.stderr.write("usage: pykexec vmcore dmesg [-l LIST] [-x] [-T] [--show-caller] PATH\n")
+        return err.exit_code
+    try:
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): not an error; point stdout at /dev/null
+        # so the flush at interpreter exit does not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Read-only access to an ELF64 little-endian core file such as ``/proc/vmcore``.
+
+The file is memory-mapped (read-only) and never read as a whole: reads that
+fall inside one PT_LOAD's file bytes are zero-copy ``memoryview`` slices of
+the map.  Only reads that straddle segments or run into the zero-filled
+tail of a segment (``p_filesz < p_memsz``) are assembled into new bytes,
+and those are capped at :data:`MAX_COPY`.
+
+Address translation, as vmcore-dmesg does it:
+
+* virtual: the first PT_LOAD whose ``[p_vaddr, p_vaddr + p_memsz)`` covers
+  the address; failing that, a direct-map address
+  (``NUMBER(PAGE_OFFSET)`` <= addr) is turned into a physical one,
+  ``addr - PAGE_OFFSET + PHYS_OFFSET``, and looked up by ``p_paddr``;
+* physical: the first PT_LOAD whose ``[p_paddr, p_paddr + p_memsz)`` covers it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from typing import NamedTuple, Union
+
+from pykexec.layouts.elf import (
+    EHDR64_FMT,
+    EI_CLASS,
+    EI_DATA,
+    ELFCLASS32,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFMAG,
+    ET_CORE,
+    NT_VMCOREINFO,
+    PHDR64_FMT,
+    PT_LOAD,
+    PT_NOTE,
+    Note,
+    NoteFormatError,
+    iter_notes,
+)
+from pykexec.vmcore import VmcoreError
+from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+#: Largest read that has to be copied together (straddling segments or zero fill).
+MAX_COPY = 256 << 20
+#: Largest PT_NOTE we parse; real ones are a few KiB per CPU.
+MAX_NOTE_SEGMENT = 64 << 20
+PN_XNUM = 0xFFFF
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_MASK64 = (1 << 64) - 1
+
+Buffer = Union[bytes, memoryview]
+
+
+class Load(NamedTuple):
+    """One PT_LOAD.  ``avail`` is how much of ``filesz`` the file really holds
+    (less than ``filesz`` only when the dump is truncated)."""
+
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    avail: int
+
+
+class ElfCore:
+    """An open ELF core.  Use as a context manager, or call :meth:`close`.
+
+    Raises :class:`VmcoreError` (one line, naming the file) for anything that
+    is not a readable ELF64 little-endian core.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._map: mmap.mmap | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise VmcoreError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise VmcoreError(f"{self.path}: is a directory") from None
+        except OSError as err:
+            raise VmcoreError(f"{self.path}: cannot open: {err.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if os.path.isdir(self.path):
+                raise VmcoreError(f"{self.path}: is a directory")
+            if size < EHDR64_FMT.size:
+                raise VmcoreError(f"{self.path}: not an ELF file (only {size} bytes)")
+            try:
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as err:
+                raise VmcoreError(f"{self.path}: cannot map the file: {err}") from None
+        finally:
+            os.close(fd)
+        self._mv = memoryview(self._map)
+        self.size = len(self._mv)
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- parsing -------------------------------------------------------------
+    def _err(self, msg: str) -> VmcoreError:
+        return VmcoreError(f"{self.path}: {msg}")
+
+    def _parse(self) -> None:
+        mv = self._mv
+        if bytes(mv[:4]) != ELFMAG:
+            raise self._err("not an ELF file")
+        if mv[EI_CLASS] == ELFCLASS32:
+            raise self._err("ELF32 core files are not supported (only ELF64 little-endian)")
+        if mv[EI_CLASS] != ELFCLASS64:
+            raise self._err(f"unknown ELF class {mv[EI_CLASS]}")
+        if mv[EI_DATA] != ELFDATA2LSB:
+            raise self._err("big-endian core files are not supported (only ELF64 little-endian)")
+        (_ident, e_type, self.machine, _ver, _entry, phoff, shoff, _flags, _ehsize,
+         phentsize, phnum, _shentsize, _shnum, _shstrndx) = EHDR64_FMT.unpack_from(mv, 0)
+        if e_type != ET_CORE:
+            raise self._err(f"not a core file (ELF type {e_type})")
+        if phnum == PN_XNUM:
+            # Extended numbering: the real count is sh_info of section header 0.
+            if shoff + 64 > self.size:
+                raise self._err("truncated: section header 0 (extended phnum) past the end of the file")
+            phnum = _U32.unpack_from(mv, shoff + 44)[0]
+        if phnum and phentsize != PHDR64_FMT.size:
+            raise self._err(f"unexpected program header size {phentsize}")
+        if phoff + phnum * PHDR64_FMT.size > self.size:
+            raise self._err(f"truncated: {phnum} program headers at {phoff:#x} run past the end of the file")
+
+        self.loads: list[Load] = []
+        self.notes: list[Note] = []
+        for (p_type, _pflags, off, vaddr, paddr, filesz, memsz, _align) in PHDR64_FMT.iter_unpack(
+                mv[phoff:phoff + phnum * PHDR64_FMT.size]):
+            if p_type == PT_LOAD:
+                if memsz == 0:
+                    continue
+                filesz = min(filesz, memsz)
+                avail = max(0, min(filesz, self.size - off))
+                self.loads.append(Load(off, vaddr, paddr, filesz, memsz, avail))
+            elif p_type == PT_NOTE:
+                if filesz > MAX_NOTE_SEGMENT:
+                    raise self._err(f"PT_NOTE of {filesz} bytes is implausibly large")
+                if off + filesz > self.size:
+                    raise self._err("truncated: PT_NOTE runs past the end of the file")
+                try:
+                    self.notes.extend(iter_notes(mv[off:off + filesz]))
+                except NoteFormatError as err:
+                    raise self._err(f"corrupt note: {err}") from None
+
+        raw = next((n.desc for n in self.notes
+                    if n.name == b"VMCOREINFO" and n.type == NT_VMCOREINFO), None)
+        self.vmcoreinfo: VmcoreInfo | None = VmcoreInfo(raw) if raw is not None else None
+        self._page_offset: int | None = None
+        self._phys_offset = 0
+        if self.vmcoreinfo is not None:
+            info = self.vmcoreinfo
+            for key in ("PAGE_OFFSET", "page_offset_base"):
+                if info.has_number(key):
+                    self._page_offset = info.number(key) & _MASK64
+                    break
+            for key in ("PHYS_OFFSET", "phys_ram_base"):
+                if info.has_number(key):
+                    self._phys_offset = info.number(key) & _MASK64
+                    break
+
+    def require_vmcoreinfo(self) -> VmcoreInfo:
+        if self.vmcoreinfo is None:
+            raise self._err("no VMCOREINFO note: not a Linux kernel dump")
+        return self.vmcoreinfo
+
+    # -- reading -------------------------------------------------------------
+    def _lookup(self, addr: int, physical: bool) -> Load | None:
+        for seg in self.loads:
+            start = seg.paddr if physical else seg.vaddr
+            if start <= addr < start + seg.memsz:
+                return seg
+        return None
+
+    def _translate(self, addr: int, physical: bool) -> tuple[Load, int, bool]:
+        """(segment, address, physical) for ``addr``, using the direct-map fallback."""
+        seg = self._lookup(addr, physical)
+        if seg is not None:
+            return seg, addr, physical
+        if not physical and self._page_offset is not None and addr >= self._page_offset:
+            paddr = addr - self._page_offset + self._phys_offset
+            seg = self._lookup(paddr, True)
+            if seg is not None:
+                return seg, paddr, True
+        kind = "physical" if physical else "virtual"
+        raise VmcoreError(f"no PT_LOAD covers {kind} address {addr:#x}: dump incomplete or corrupt")
+
+    def read(self, addr: int, size: int, *, physical: bool = False) -> Buffer:
+        """``size`` bytes at kernel virtual (or ``physical``) address ``addr``.
+
+        Zero-copy (a memoryview of the map) when one segment's file bytes
+        hold the range.  Bytes past a segment's ``p_filesz`` read as zeros.
+        """
+        if size < 0 or addr < 0 or addr + size > 1 << 64:
+            raise VmcoreError(f"bad read of {size} bytes at {addr:#x}")
+        if size == 0:
+            return b""
+        seg, a, phys = self._translate(addr, physical)
+        rel = a - (seg.paddr if phys else seg.vaddr)
+        if rel + size <= seg.avail:
+            return self._mv[seg.offset + rel:seg.offset + rel + size]
+        if size > MAX_COPY:
+            raise VmcoreError(f"refusing to assemble a {size}-byte read at {addr:#x} "
+                              f"(more than {MAX_COPY >> 20} MiB across segments)")
+        out = bytearray()
+        while True:
+            if rel < seg.avail:
+                n = min(size - len(out), seg.avail - rel)
+                out += self._mv[seg.offset + rel:seg.offset + rel + n]
+                rel += n
+            if len(out) < size and rel < seg.filesz:
+                raise VmcoreError(f"{self.path}: truncated: address {addr + len(out):#x} "
+                                  f"is past the end of the file")
+            if len(out) < size and rel < seg.memsz:
+                n = min(size - len(out), seg.memsz - rel)
+                out += bytes(n)
+                rel += n
+            if len(out) == size:
+                return bytes(out)
+            a = (seg.paddr if phys else seg.vaddr) + seg.memsz  # where the next segment must start
+            seg, a, phys = self._translate(a, phys)
+            rel = a - (seg.paddr if phys else seg.vaddr)
+
+    def u64(self, addr: int, *, physical: bool = False) -> int:
+        return int(_U64.unpack_from(self.read(addr, 8, physical=physical))[0])
+
+    def u32(self, addr: int, *, physical: bool = False) -> int:
+        return int(_U32.unpack_from(self.read(addr, 4, physical=physical))[0])
+
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._mv.release()
+                self._map.close()
+            except BufferError:
+                pass  # record views still alive; the map goes with them
+            self._map = None
+
+    def __enter__(self) -> "ElfCore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
