@@ -1,3 +1,3 @@
-from pykexec.cli import main
+from pykexec.main import main
 
 raise SystemExit(main())

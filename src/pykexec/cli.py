@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import errno
 import re
-import subprocess
 import sys
-import traceback
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from pykexec import __version__
 from pykexec import images
@@ -48,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pykexec", add_help=False,
                 usage="pykexec [-l|-p|-e|-u|-S] [options] [KERNEL]\n"
-                      "       pykexec doctor | vmcore {dmesg,info,save} ...",
+                      "       pykexec vmcore dmesg [options] DUMP",
                 description="Load a new kernel and jump to it without firmware (a drop-in for kexec).")
     act = p.add_argument_group("actions")
     act.add_argument("-l", "--load", action="store_true", help="load KERNEL for a later -e")
@@ -57,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("-u", "--unload", action="store_true", help="unload (with -p: the crash kernel)")
     act.add_argument("-S", "--status", action="store_true",
                      help="exit 1 if loaded, 0 if not (crash kernel, or normal with -l)")
-    p.add_argument("kernel", nargs="?", type=Path, help="kernel image (bzImage or ELF vmlinux)")
+    p.add_argument("kernel", nargs="?", help="kernel image (bzImage or ELF vmlinux)")
     opt = p.add_argument_group("load options")
     opt.add_argument("-t", "--type", help="image type: " + ", ".join(t.name for t in images.image_types()))
-    opt.add_argument("--initrd", "--ramdisk", type=Path, help="initial ramdisk")
+    opt.add_argument("--initrd", "--ramdisk", help="initial ramdisk")
     opt.add_argument("--append", "--command-line", dest="append", metavar="STRING",
                      help="kernel command line (the last one given wins, as in kexec-tools)")
     opt.add_argument("--reuse-cmdline", action="store_true",
@@ -82,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("planning")
     out.add_argument("--dry-run", action="store_true", help="do everything but the syscall; print the plan")
     out.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    out.add_argument("--machine", type=Path, metavar="FILE.json",
+    out.add_argument("--machine", metavar="FILE.json",
                      help="plan for the machine described in FILE instead of this one (implies --dry-run)")
     misc = p.add_argument_group("other")
     misc.add_argument("-d", "--debug", action="store_true", help="verbose output; purgatory prints on ttyS0")
@@ -100,9 +97,10 @@ def compose_cmdline(running: str, reuse: bool, append: str | None, crash: bool) 
     return " ".join(w for w in words if w)
 
 
-def _read_input(path: Path, what: str) -> bytes:
+def _read_input(path: str, what: str) -> bytes:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except IsADirectoryError:
         raise InputError(f"{what} {path} is a directory") from None
     except FileNotFoundError:
@@ -198,6 +196,8 @@ def do_load(args: argparse.Namespace) -> int:
 def do_reboot_after_load() -> int:
     """kexec-tools' behaviour with no action option: load, then a clean reboot, which
     the init system finishes with kexec."""
+    import subprocess
+
     for cmd in (["shutdown", "-r", "now"], ["/etc/shutdown", "-r", "now"], ["/bin/shutdown", "-r", "now"]):
         try:
             return subprocess.call(cmd)
@@ -257,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:  # a bug: still one line, the traceback only on request
         if debug:
+            import traceback
+
             traceback.print_exc()
         print(f"pykexec: internal error: {type(err).__name__}: {err} (run with -d for the traceback)",
               file=sys.stderr)

@@ -17,8 +17,7 @@ import ctypes
 import os
 import re
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
 
 from pykexec.layouts import elf as E
 from pykexec.memory import MiB, MemoryMap, MemType, Range, Region, subtract
@@ -30,24 +29,26 @@ BACKUP_SINCE = (5, 6)
 NO_PADDR = (1 << 64) - 1  # /proc/kcore's p_paddr for mappings without one
 
 
-@dataclass(frozen=True)
-class KernelImage:
+class KernelImage(namedtuple("KernelImage", "vaddr paddr size")):
     """The running kernel's text..end, as mapped at __START_KERNEL_map."""
 
+    __slots__ = ()
     vaddr: int
     paddr: int
     size: int
 
 
-@dataclass(frozen=True)
-class DumpSources:
-    """Where the running kernel keeps what a dump needs."""
+class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image page_offset kernel_release",
+                             defaults=((), None, None, DEFAULT_PAGE_OFFSET, None))):
+    """Where the running kernel keeps what a dump needs: per-CPU note buffers and
+    VMCOREINFO (Ranges), the kernel image mapping, the direct map's base."""
 
-    cpu_notes: tuple[Range, ...] = ()
-    vmcoreinfo: Range | None = None
-    kernel_image: KernelImage | None = None
-    page_offset: int = DEFAULT_PAGE_OFFSET
-    kernel_release: str | None = None
+    __slots__ = ()
+    cpu_notes: tuple[Range, ...]
+    vmcoreinfo: Range | None
+    kernel_image: KernelImage | None
+    page_offset: int
+    kernel_release: str | None
 
     @property
     def needs_backup(self) -> bool:
@@ -72,23 +73,29 @@ def _possible_cpus(text: str) -> list[int]:
     return cpus
 
 
-def probe_dump_sources(sysfs: Path = Path("/sys"), kcore: Path = Path("/proc/kcore")) -> DumpSources:
+def _text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def probe_dump_sources(sysfs: str | os.PathLike[str] = "/sys",
+                       kcore: str | os.PathLike[str] = "/proc/kcore") -> DumpSources:
     notes = []
     try:
-        cpus = _possible_cpus((sysfs / "devices/system/cpu/possible").read_text())
+        cpus = _possible_cpus(_text(os.path.join(sysfs, "devices/system/cpu/possible")))
     except (OSError, ValueError):
         cpus = []
     for cpu in cpus:
-        d = sysfs / f"devices/system/cpu/cpu{cpu}"
+        d = os.path.join(sysfs, f"devices/system/cpu/cpu{cpu}")
         try:
-            addr = int((d / "crash_notes").read_text().strip(), 16)
-            size = int((d / "crash_notes_size").read_text().strip(), 0)
+            addr = int(_text(os.path.join(d, "crash_notes")).strip(), 16)
+            size = int(_text(os.path.join(d, "crash_notes_size")).strip(), 0)
         except (OSError, ValueError):
             continue  # CPU absent: kexec-tools skips it too
         notes.append(Range.sized(addr, size))
     vmcoreinfo = None
     try:
-        addr_s, size_s = (sysfs / "kernel/vmcoreinfo").read_text().split()[:2]
+        addr_s, size_s = _text(os.path.join(sysfs, "kernel/vmcoreinfo")).split()[:2]
         vmcoreinfo = Range.sized(int(addr_s, 16), int(size_s, 16))
     except (OSError, ValueError):
         pass
@@ -96,7 +103,7 @@ def probe_dump_sources(sysfs: Path = Path("/sys"), kcore: Path = Path("/proc/kco
     return DumpSources(tuple(notes), vmcoreinfo, image, page_offset or DEFAULT_PAGE_OFFSET, os.uname().release)
 
 
-def read_kcore_layout(path: Path) -> tuple[KernelImage | None, int | None]:
+def read_kcore_layout(path: str | os.PathLike[str]) -> tuple[KernelImage | None, int | None]:
     """The kernel image mapping and the direct map's base (KASLR moves both), from
     /proc/kcore's program headers: the kernel gives their physical addresses there."""
     try:

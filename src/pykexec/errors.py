@@ -3,10 +3,7 @@ the CLI prints ``str(err)`` as one line and exits non-zero, never a traceback.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from pykexec.plan import Segment
+from collections.abc import Sequence
 
 
 class KexecError(Exception):

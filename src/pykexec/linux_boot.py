@@ -6,8 +6,8 @@ boot_params, setup_data and purgatory.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
-from typing import Callable
+from collections import namedtuple
+from collections.abc import Callable
 
 from pykexec import crash
 from pykexec.errors import PlacementError, UsageError
@@ -21,10 +21,12 @@ from pykexec.purgatory import Purgatory, PurgatoryParams, Region as DigestRegion
 BELOW_4G = 4 * GiB - 1
 
 
-@dataclass
-class PlacedKernel:
+class PlacedKernel(namedtuple("PlacedKernel", "segments entry64")):
+    """A placed kernel: its segments and the physical address of its 64-bit entry."""
+
+    __slots__ = ()
     segments: list[Segment]
-    entry64: int  # physical address of the 64-bit entry point
+    entry64: int
 
 
 def window_for(req: LoadRequest) -> Range:
@@ -41,14 +43,6 @@ def window_for(req: LoadRequest) -> Range:
             raise UsageError(f"--mem-min/--mem-max exclude the whole crash kernel region {crash}")
         window = inside
     return window
-
-
-def header_from_image(data: bytes) -> bp.SetupHeader:
-    """The setup header as the image declares it: bytes 0x1f1 up to the end announced by
-    the jump at 0x200 (older protocols have shorter headers; the rest stays zero)."""
-    end = min(0x202 + data[0x201], bp.SETUP_HEADER_OFFSET + ctypes.sizeof(bp.SetupHeader), len(data))
-    raw = data[bp.SETUP_HEADER_OFFSET:end]
-    return bp.SetupHeader.from_buffer_copy(raw.ljust(ctypes.sizeof(bp.SetupHeader), b"\0"))
 
 
 def e820_entries(memory: MemoryMap) -> list[bp.E820Entry]:
@@ -278,7 +272,7 @@ def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, *, rsi: int, 
     at ``entry`` in 64-bit mode with RSI = ``rsi``; the plan's entry becomes purgatory's."""
     purgatory = Purgatory.load()
     addr = alloc.allocate(purgatory.memsz, max_addr=BELOW_4G, what="purgatory")
-    regions = [DigestRegion(s.mem, s.memsz, s.sha256) for s in plan.sorted_segments()]
+    regions = [DigestRegion(s.mem, s.bufsz, s.sha256) for s in plan.sorted_segments() if s.bufsz]
     src, copy = backup if backup is not None else (Range(0, 0), 0)
     blob = purgatory.render(PurgatoryParams(entry=entry, rsi=rsi, regions=regions, console_port=console_port,
                                             backup_src=src.start, backup_dst=copy, backup_size=src.size))

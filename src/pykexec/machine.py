@@ -5,68 +5,67 @@ lockdown, firmware tables. Probed from the running system, or read from a
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections import namedtuple
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 
-from pykexec.crash import DumpSources, KernelImage, probe_dump_sources
 from pykexec.errors import InputError, MachineError
 from pykexec.memory import MemoryMap, MemType, Range, Region
 
 
-@dataclass(frozen=True)
-class XenInfo:
+if TYPE_CHECKING:
+    from pykexec.crash import DumpSources
+
+
+class XenInfo(namedtuple("XenInfo", "version xen_start xen_end cpus", defaults=(None,) * 4)):
     """The hypervisor we run under (filled in for Xen dom0 machines)."""
 
-    version: str | None = None
-    xen_start: int | None = None
-    xen_end: int | None = None
-    cpus: int | None = None
+    __slots__ = ()
+    version: str | None
+    xen_start: int | None
+    xen_end: int | None
+    cpus: int | None
 
 
-@dataclass(frozen=True)
-class EfiRuntimeRange:
+class EfiRuntimeRange(namedtuple("EfiRuntimeRange", "type phys_addr virt_addr num_pages attribute")):
     """One entry of /sys/firmware/efi/runtime-map: a region EFI runtime services use,
     with the virtual address the running kernel mapped it at."""
 
-    type: int
-    phys_addr: int
-    virt_addr: int
-    num_pages: int
-    attribute: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class EfiFirmware:
-    """What a kexec'd kernel needs to keep using EFI runtime services."""
+class EfiFirmware(namedtuple("EfiFirmware", "efi_info fw_vendor runtime config_table smbios runtime_map")):
+    """What a kexec'd kernel needs to keep using EFI runtime services. ``efi_info`` is
+    the running boot_params' 32 bytes; ``runtime_map`` a tuple of EfiRuntimeRange."""
 
-    efi_info: bytes  # the running boot_params' 32-byte efi_info
-    fw_vendor: int
-    runtime: int
-    config_table: int
-    smbios: int
-    runtime_map: tuple[EfiRuntimeRange, ...]
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Machine:
+class Machine(namedtuple("Machine", "memory crash_kernel cmdline lockdown xen acpi_rsdp running_boot_params "
+                                    "efi dump source",
+                         defaults=(None, "", "none", None, None, None, None, None, "this machine"))):
+    """The machine a plan is for.
+
+    memory: MemoryMap; crash_kernel: Range | None; cmdline: str (as /proc/cmdline);
+    lockdown: "none" | "integrity" | "confidentiality"; xen: XenInfo | None;
+    acpi_rsdp: int | None; running_boot_params: the running kernel's zero page, the
+    template for video information we pass on; efi: EfiFirmware | None; dump:
+    crash.DumpSources | None, what a crash kernel's elfcorehdr points at; source: a
+    name for messages ("this machine", or the --machine file).
+    """
+
+    __slots__ = ()
     memory: MemoryMap
-    crash_kernel: Range | None = None
-    cmdline: str = ""
-    lockdown: str = "none"
-    xen: XenInfo | None = None
-    acpi_rsdp: int | None = None
-    # The running kernel's zero page, when the system exposes it: the template for
-    # video and EFI information we pass on.
-    running_boot_params: bytes | None = None
-    efi: EfiFirmware | None = None
-    # What a crash kernel's elfcorehdr points at (CPU notes, VMCOREINFO, kernel image).
-    dump: DumpSources | None = None
-    source: str = "this machine"
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    crash_kernel: Range | None
+    cmdline: str
+    lockdown: str
+    xen: XenInfo | None
+    acpi_rsdp: int | None
+    running_boot_params: bytes | None
+    efi: EfiFirmware | None
+    dump: "DumpSources | None"
+    source: str
 
 
 # --- /proc/iomem and /sys/firmware/memmap -------------------------------------------
@@ -98,25 +97,41 @@ def parse_iomem(text: str) -> tuple[MemoryMap, list[tuple[int, Range, str]]]:
     return MemoryMap(regions), entries
 
 
-def read_firmware_memmap(root: Path = Path("/sys/firmware/memmap")) -> MemoryMap | None:
+def read_firmware_memmap(root: str | os.PathLike[str] = "/sys/firmware/memmap") -> MemoryMap | None:
     """The firmware's (e820) map as exported by CONFIG_FIRMWARE_MEMMAP, or None."""
-    if not root.is_dir():
+    try:
+        entries = os.listdir(root)
+    except OSError:
         return None
     regions = []
-    for entry in root.iterdir():
+    for entry in entries:
+        d = os.path.join(root, entry)
         try:
-            start = int((entry / "start").read_text(), 16)
-            last = int((entry / "end").read_text(), 16)
-            name = (entry / "type").read_text().strip()
+            start = int(_read_or_fail(os.path.join(d, "start")), 16)
+            last = int(_read_or_fail(os.path.join(d, "end")), 16)
+            name = _read_or_fail(os.path.join(d, "type")).strip()
         except (OSError, ValueError):
             continue
         regions.append(Region(Range.inclusive(start, last), MemType.from_name(name) or MemType.RESERVED))
     return MemoryMap(regions) if regions else None
 
 
-def _read(path: str) -> str | None:
+def _read_or_fail(path: str | os.PathLike[str]) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _read(path: str | os.PathLike[str]) -> str | None:
     try:
-        return Path(path).read_text()
+        return _read_or_fail(path)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
     except OSError:
         return None
 
@@ -139,11 +154,7 @@ def probe() -> Machine:
     if not memory.ram():
         raise MachineError("no System RAM found in /sys/firmware/memmap or /proc/iomem")
     crash = [r for _, r, name in entries if name == "Crash kernel"]
-    boot_params = None
-    try:
-        boot_params = Path("/sys/kernel/boot_params/data").read_bytes()
-    except OSError:
-        pass
+    boot_params = _read_bytes("/sys/kernel/boot_params/data")
     crash_kernel = max(crash, default=None)
     return Machine(
         memory=memory,
@@ -153,31 +164,37 @@ def probe() -> Machine:
         acpi_rsdp=_find_rsdp(boot_params),
         running_boot_params=boot_params,
         efi=read_efi(boot_params),
-        dump=probe_dump_sources() if crash_kernel else None,
+        dump=_probe_dump() if crash_kernel else None,
     )
 
 
-def read_efi(boot_params: bytes | None, root: Path = Path("/sys/firmware/efi")) -> EfiFirmware | None:
+def _probe_dump() -> "DumpSources":
+    from pykexec.crash import probe_dump_sources  # only crash loads need it
+
+    return probe_dump_sources()
+
+
+def read_efi(boot_params: bytes | None, root: str | os.PathLike[str] = "/sys/firmware/efi") -> EfiFirmware | None:
     """EFI hand-over data, or None when not booted by EFI or when a piece is missing
     (then the next kernel boots without EFI runtime services, as with noefi)."""
-    if boot_params is None or len(boot_params) < 0x1E0 or not root.is_dir():
+    if boot_params is None or len(boot_params) < 0x1E0 or not os.path.isdir(root):
         return None
     efi_info = boot_params[0x1C0:0x1E0]
     if not any(efi_info):
         return None
 
-    def hexfile(name: str) -> int:
-        return int((root / name).read_text().strip(), 16)
+    def hexfile(*names: str) -> int:
+        return int(_read_or_fail(os.path.join(root, *names)).strip(), 16)
 
     try:
         fw_vendor, runtime, config_table = hexfile("fw_vendor"), hexfile("runtime"), hexfile("config_table")
-        systab = (root / "systab").read_text()
+        systab = _read_or_fail(os.path.join(root, "systab"))
         m = re.search(r"^SMBIOS=(0x[0-9a-fA-F]+)", systab, re.M)
         smbios = int(m.group(1), 16) if m else 0
         ranges = []
-        rmap = root / "runtime-map"
-        for entry in sorted(rmap.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-            ranges.append(EfiRuntimeRange(*(int((entry / f).read_text().strip(), 16) for f in
+        entries = sorted(os.listdir(os.path.join(root, "runtime-map")), key=lambda n: int(n) if n.isdigit() else -1)
+        for entry in entries:
+            ranges.append(EfiRuntimeRange(*(hexfile("runtime-map", entry, f) for f in
                                             ("type", "phys_addr", "virt_addr", "num_pages", "attribute"))))
     except (OSError, ValueError):
         return None
@@ -200,7 +217,7 @@ def _find_rsdp(boot_params: bytes | None) -> int | None:
 
 # --- --machine FILE.json ---------------------------------------------------------------
 
-def _addr(obj: Any, what: str) -> int:
+def _addr(obj: object, what: str) -> int:
     if isinstance(obj, bool):
         raise InputError(f"{what}: expected an address, got {obj!r}")
     if isinstance(obj, int):
@@ -217,7 +234,7 @@ def _addr(obj: Any, what: str) -> int:
     return value
 
 
-def _range(obj: Any, what: str) -> Range:
+def _range(obj: object, what: str) -> Range:
     if not isinstance(obj, dict) or "start" not in obj or "end" not in obj:
         raise InputError(f"{what}: expected {{\"start\": ..., \"end\": ...}}")
     start, last = _addr(obj["start"], f"{what}.start"), _addr(obj["end"], f"{what}.end")
@@ -226,7 +243,7 @@ def _range(obj: Any, what: str) -> Range:
     return Range.inclusive(start, last)
 
 
-def from_dict(data: Any, source: str = "--machine") -> Machine:
+def from_dict(data: object, source: str = "--machine") -> Machine:
     """Build a Machine from the documented JSON description (see docs/machine-file.md)."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: the top level must be a JSON object")
@@ -277,12 +294,14 @@ def from_dict(data: Any, source: str = "--machine") -> Machine:
     if lockdown not in ("none", "integrity", "confidentiality"):
         raise InputError(f"{source}: lockdown must be none, integrity, confidentiality, true or false")
     rsdp = _addr(data["acpi_rsdp"], f"{source}: acpi_rsdp") if data.get("acpi_rsdp") is not None else None
-    dump = _dump_sources(data["dump"], source) if data.get("dump") is not None else DumpSources()
+    dump = _dump_sources(data["dump"], source) if data.get("dump") is not None else None
     return Machine(memory=memory, crash_kernel=crash, cmdline=cmdline.strip(), lockdown=lockdown,
                    xen=xen, acpi_rsdp=rsdp, dump=dump, source=source)
 
 
-def _dump_sources(d: Any, source: str) -> DumpSources:
+def _dump_sources(d: object, source: str) -> "DumpSources":
+    from pykexec.crash import DumpSources, KernelImage
+
     if not isinstance(d, dict):
         raise InputError(f"{source}: \"dump\" must be an object")
     unknown = set(d) - {"cpu_notes", "vmcoreinfo", "kernel_image", "page_offset", "kernel_release"}
@@ -312,13 +331,15 @@ def _dump_sources(d: Any, source: str) -> DumpSources:
 
 def load(path: str | os.PathLike[str]) -> Machine:
     try:
-        text = Path(path).read_text()
+        text = _read_or_fail(path)
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a machine JSON file") from None
     except OSError as err:
         raise InputError(f"cannot read machine file {path}: {err.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file") from None
+    import json  # only --machine needs it
+
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -326,9 +347,9 @@ def load(path: str | os.PathLike[str]) -> Machine:
     return from_dict(data, source=str(path))
 
 
-def to_dict(machine: Machine) -> dict[str, Any]:
+def to_dict(machine: Machine) -> dict[str, object]:
     """The inverse of :func:`from_dict` (for `--machine` files written by tests or doctor)."""
-    out: dict[str, Any] = {
+    out: dict[str, object] = {
         "memory": [{"start": f"{r.range.start:#x}", "end": f"{r.range.last:#x}", "type": r.type.label}
                    for r in machine.memory],
         "cmdline": machine.cmdline,

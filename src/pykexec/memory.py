@@ -7,8 +7,8 @@ granularity, a 1 MiB floor, per-segment limits, top-down or bottom-up) live here
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from collections import namedtuple
+from collections.abc import Iterable, Iterator, Sequence
 
 from pykexec.errors import PlacementError
 
@@ -27,16 +27,19 @@ def align_down(value: int, align: int) -> int:
     return value // align * align
 
 
-@dataclass(frozen=True, order=True)
-class Range:
+# Named tuples rather than dataclasses: pykexec runs at the worst moment, and importing
+# dataclasses (inspect, ast, dis) costs a tenth of a second on a slow machine.
+class Range(namedtuple("Range", "start end")):
     """The physical addresses ``start <= a < end``."""
 
+    __slots__ = ()
     start: int
     end: int
 
-    def __post_init__(self) -> None:
-        if self.start < 0 or self.end < self.start:
-            raise ValueError(f"bad range {self.start:#x}-{self.end:#x}")
+    def __new__(cls, start: int, end: int) -> "Range":
+        if start < 0 or end < start:
+            raise ValueError(f"bad range {start:#x}-{end:#x}")
+        return super().__new__(cls, start, end)
 
     @classmethod
     def inclusive(cls, start: int, last: int) -> "Range":
@@ -142,8 +145,10 @@ class MemType(enum.Enum):
         return cls.RESERVED
 
 
-@dataclass(frozen=True)
-class Region:
+class Region(namedtuple("Region", "range type")):
+    """A typed range of a memory map."""
+
+    __slots__ = ()
     range: Range
     type: MemType
 

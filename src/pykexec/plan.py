@@ -5,30 +5,32 @@ the segment and the rule instead of a bare EINVAL."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import Any
+import os
+from collections import namedtuple
 
 from pykexec.errors import PlanError
 from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
 from pykexec.machine import Machine
-from pykexec.memory import PAGE_SIZE, MemoryMap, Range
+from pykexec.memory import PAGE_SIZE, Range
 
 BACKEND_KEXEC_LOAD = "kexec_load"
 BACKEND_KEXEC_FILE_LOAD = "kexec_file_load"
 
-_ZERO_CHUNK = bytes(1 << 20)
 
-
-@dataclass(eq=False)
 class Segment:
     """One block of memory for the next kernel: ``data`` at ``mem``, zero-filled to ``memsz``."""
 
-    role: str
-    mem: int
-    memsz: int
-    data: bytes | memoryview = b""
+    __slots__ = ("role", "mem", "memsz", "data", "_sha256")
+
+    def __init__(self, role: str, mem: int, memsz: int, data: bytes = b"") -> None:
+        self.role = role
+        self.mem = mem
+        self.memsz = memsz
+        self.data = data
+        self._sha256: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Segment({self.role!r}, {self.mem:#x}, {self.memsz:#x}, bufsz={self.bufsz:#x})"
 
     @property
     def bufsz(self) -> int:
@@ -38,45 +40,47 @@ class Segment:
     def range(self) -> Range:
         return Range.sized(self.mem, self.memsz)
 
-    @cached_property
+    @property
     def sha256(self) -> bytes:
-        """Digest of what the segment holds once loaded: the buffer then zeros up to memsz
-        (purgatory checks exactly this)."""
-        h = hashlib.sha256(self.data)
-        pad = self.memsz - self.bufsz
-        while pad > 0:
-            n = min(pad, len(_ZERO_CHUNK))
-            h.update(_ZERO_CHUNK[:n])
-            pad -= n
-        return h.digest()
+        """Digest of the buffer, which purgatory checks before jumping. The zero fill up to
+        memsz is the kernel's doing and is not hashed: for a kernel it is the work area the
+        decompressor clears itself (37 MiB of a Debian kernel's 51 MiB init_size)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).digest()
+        return self._sha256
 
 
-@dataclass(eq=False)
-class FileLoadInputs:
-    """What kexec_file_load receives: the kernel places everything itself."""
+class FileLoadInputs(namedtuple("FileLoadInputs", "kernel initrd cmdline")):
+    """What kexec_file_load receives (paths and command line): the kernel places
+    everything itself."""
 
-    kernel: Path
-    initrd: Path | None
+    __slots__ = ()
+    kernel: str
+    initrd: str | None
     cmdline: str
 
 
-@dataclass(eq=False)
 class LoadPlan:
-    image_type: str
-    backend: str
-    crash: bool = False
-    entry: int | None = None
-    segments: list[Segment] = field(default_factory=list)
-    cmdline: str = ""
-    kernel_entry: int | None = None  # where purgatory jumps (informational)
-    file_inputs: FileLoadInputs | None = None
-    notes: list[str] = field(default_factory=list)
+    """Segments and entry for kexec_load, or the inputs of kexec_file_load."""
+
+    def __init__(self, image_type: str, backend: str, *, crash: bool = False, entry: int | None = None,
+                 segments: list[Segment] | None = None, cmdline: str = "", kernel_entry: int | None = None,
+                 file_inputs: FileLoadInputs | None = None, notes: list[str] | None = None) -> None:
+        self.image_type = image_type
+        self.backend = backend
+        self.crash = crash
+        self.entry = entry
+        self.segments = segments if segments is not None else []
+        self.cmdline = cmdline
+        self.kernel_entry = kernel_entry  # where purgatory jumps (informational)
+        self.file_inputs = file_inputs
+        self.notes = notes if notes is not None else []
 
     def sorted_segments(self) -> list[Segment]:
         return sorted(self.segments, key=lambda s: s.mem)
 
-    def to_json(self) -> dict[str, Any]:
-        segs: list[dict[str, Any]]
+    def to_json(self) -> dict[str, object]:
+        segs: list[dict[str, object]]
         if self.backend == BACKEND_KEXEC_FILE_LOAD and self.file_inputs is not None:
             # The kernel chooses the addresses; we can only describe what we hand it.
             fi = self.file_inputs
@@ -101,7 +105,7 @@ class LoadPlan:
         }
 
 
-def _file_seg(role: str, path: Path) -> dict[str, Any]:
+def _file_seg(role: str, path: str | os.PathLike[str]) -> dict[str, object]:
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -128,7 +132,7 @@ def validate(plan: LoadPlan, machine: Machine) -> None:
             raise PlanError(f"{name}: address and size must be page aligned (memsz {s.memsz:#x})", segs)
         if s.bufsz > s.memsz:
             raise PlanError(f"{name}: buffer ({s.bufsz:#x}) is larger than memsz ({s.memsz:#x})", segs)
-        if not _inside_ram(ram, s.range):
+        if not ram.is_ram(s.range):
             raise PlanError(f"{name}: {s.range} is not inside System RAM", segs)
         if plan.crash and machine.crash_kernel and not machine.crash_kernel.contains(s.range):
             raise PlanError(f"{name}: {s.range} is outside the crash kernel region {machine.crash_kernel}", segs)
@@ -143,6 +147,3 @@ def validate(plan: LoadPlan, machine: Machine) -> None:
         raise PlanError(f"segments need {total >> 20} MiB, more than half of RAM ({ram_total >> 20} MiB): "
                         "the kernel refuses that", segs)
 
-
-def _inside_ram(memory: MemoryMap, rng: Range) -> bool:
-    return memory.is_ram(rng)

@@ -9,7 +9,8 @@ import pytest
 from pykexec import machine as machine_mod
 from pykexec.images import LoadRequest, bzimage
 from pykexec.layouts import boot_params as bp
-from pykexec.linux_boot import build_boot_params, header_from_image
+from pykexec.images.bzimage import header_from_image
+from pykexec.linux_boot import build_boot_params
 from pykexec.memory import Range
 
 from conftest import MACHINE_1G, make_bzimage
@@ -127,7 +128,6 @@ def _fake_efi_sysfs(root):
 
 
 def test_efi_handover(tmp_path):
-    import dataclasses
 
     _fake_efi_sysfs(tmp_path)
     running = bytearray(4096)
@@ -136,7 +136,7 @@ def test_efi_handover(tmp_path):
     assert efi is not None and efi.smbios == 0x7F98F000 and len(efi.runtime_map) == 2
     assert machine_mod.read_efi(bytes(4096), tmp_path) is None       # booted by BIOS
     assert machine_mod.read_efi(bytes(running), tmp_path / "x") is None
-    machine = dataclasses.replace(machine_mod.from_dict(MACHINE_1G), efi=efi)
+    machine = machine_mod.from_dict(MACHINE_1G)._replace(efi=efi)
     from pathlib import Path
 
     def plan_for(xlf):

@@ -77,7 +77,8 @@ def test_bzimage_plan_layout():
     blob = roles["purgatory"].data
     for s in plan.segments:
         if s.role != "purgatory":
-            assert hashlib.sha256(bytes(s.data) + bytes(s.memsz - s.bufsz)).digest() in blob
+            assert hashlib.sha256(bytes(s.data)).digest() in blob
+            assert struct.pack("<QQ", s.mem, s.bufsz) + hashlib.sha256(bytes(s.data)).digest() in blob
 
 
 def test_bzimage_plan_respects_mem_window():

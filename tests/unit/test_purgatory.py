@@ -45,6 +45,11 @@ GCC_MISSING = (
 )
 
 
+def region_for(mem: int, buf: bytes, memsz: int) -> Region:
+    """A region covering ``buf`` zero-padded to ``memsz``: purgatory checks any length."""
+    return Region(start=mem, data_len=memsz, sha256=hashlib.sha256(buf + bytes(memsz - len(buf))).digest())
+
+
 def require_gcc() -> None:
     """Fail (never skip) when the toolchain is missing: CI must have it."""
     for tool in ("gcc", "ld", "objcopy"):
@@ -303,7 +308,7 @@ def place_segments(m: Machine, seed: int) -> Image:
         buf = rng.randbytes(bufsz)
         m.uc.mem_write(mem, buf)  # the rest up to memsz is zero, as after kexec_load
         segments.append((mem, buf, memsz))
-    regions = [Region.from_segment(mem, buf, memsz) for mem, buf, memsz in segments]
+    regions = [region_for(mem, buf, memsz) for mem, buf, memsz in segments]
     return Image(regions=regions, segments=segments, entry=0x1000200)
 
 

@@ -1,10 +1,10 @@
 """pykexec -p end to end: a guest booted with crashkernel=256M loads a crash kernel,
 panics, and the crash kernel reads the dump our elfcorehdr describes.
 
-The reader inside the crash kernel is kexec-tools' vmcore-dmesg: it needs the
-VMCOREINFO note, the kernel-image PT_LOAD and the RAM PT_LOADs to be right, and it
-must find the panic message. The per-CPU notes are checked by counting NT_PRSTATUS
-notes in /proc/vmcore.
+Inside the crash kernel, kexec-tools' vmcore-dmesg and `pykexec vmcore dmesg` read
+/proc/vmcore: they need the VMCOREINFO note, the kernel-image PT_LOAD and the RAM
+PT_LOADs to be right, must find the panic message, and must print the same bytes.
+The per-CPU notes are checked by counting NT_PRSTATUS notes in /proc/vmcore.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ ls -l /proc/vmcore
 vmcore-dmesg /proc/vmcore > /tmp/dmesg.txt; echo VMCORE-DMESG-RC=$?
 grep -c . /tmp/dmesg.txt | sed 's/^/DMESG-LINES=/'
 grep -m1 'sysrq triggered crash' /tmp/dmesg.txt | sed 's/^/PANIC-LINE=/'
+pykexec vmcore dmesg /proc/vmcore > /tmp/py.txt; echo PYKEXEC-DMESG-RC=$?
+cmp /tmp/py.txt /tmp/dmesg.txt && echo DMESG-IDENTICAL
+grep -m1 'sysrq triggered crash' /tmp/py.txt | sed 's/^/PY-PANIC-LINE=/'
 python3 - <<'EOF'
 import struct
 with open("/proc/vmcore", "rb") as f:
@@ -52,18 +55,19 @@ EOF
 @pytest.fixture(scope="module")
 def crash_initrd(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crash") / "crash.cpio.gz"
-    return build_initramfs(out, CRASH_INIT, {}, with_python=True, with_kexec_tools=True, assets=assets,
-                           kernels=(), compress=True)
+    assets.pykexec_segment()
+    return build_initramfs(out, CRASH_INIT, {}, with_python=True, with_pykexec=True, with_kexec_tools=True,
+                           assets=assets, kernels=(), compress=True)
 
 
-@pytest.mark.parametrize("smp", [1, 2])
+@pytest.mark.parametrize("kernel,smp", [("6.1", 1), ("6.1", 2), ("6.12", 1), ("6.12", 2)])
 def test_kexec_load_crash_kernel_reads_the_dump(pykexec_assets: Assets, crash_initrd: Path, vm_log_dir: Path,
-                                                smp: int) -> None:
+                                                kernel: str, smp: int) -> None:
     script = (f"pykexec -d -c -p /boot/vmlinuz --initrd /boot/crash.cpio.gz --append '{CRASH_APPEND}'"
               " >/tmp/plan 2>&1; echo LOAD-RC=$?; grep -E 'elfcorehdr|note:' /tmp/plan\n"
               "pykexec -S -p; echo CRASH-STATUS=$?\n"
               "echo c > /proc/sysrq-trigger\n")
-    run = run_guest_script(script, pykexec_assets, smp=smp, append_extra="crashkernel=256M",
+    run = run_guest_script(script, pykexec_assets, kernel=kernel, smp=smp, append_extra="crashkernel=256M",
                            extra_files={"/boot/crash.cpio.gz": crash_initrd}, timeout=180,
                            log_path=vm_log_dir / "console.log")
     assert "LOAD-RC=0" in run and "CRASH-STATUS=1" in run, run.describe()
@@ -74,6 +78,9 @@ def test_kexec_load_crash_kernel_reads_the_dump(pykexec_assets: Assets, crash_in
     assert "sysrq triggered crash" in run.expect("PANIC-LINE="), run.describe()
     assert f"PRSTATUS-NOTES={smp}" in run, run.describe()
     assert "VMCOREINFO-NOTES=1" in run and "KERNEL-TEXT-LOADS=1" in run, run.describe()
+    # pykexec's reader, in the crash kernel, on the dump our elfcorehdr describes
+    assert "PYKEXEC-DMESG-RC=0" in run and "DMESG-IDENTICAL" in run, run.describe()
+    assert "sysrq triggered crash" in run.expect("PY-PANIC-LINE=")
 
 
 def test_crash_region_missing_or_too_small(pykexec_assets: Assets, vm_log_dir: Path) -> None:

@@ -86,7 +86,7 @@ _DYNLOAD_DROP = re.compile(
 )
 
 # Bump to invalidate every cached derived artifact after a layout change.
-_LAYOUT_VERSION = "1"
+_LAYOUT_VERSION = "1+entry"
 
 
 # --------------------------------------------------------------------------- #
@@ -526,8 +526,11 @@ class Assets:
             _compile_tree(site, guest_prefix="/usr/lib/python3/dist-packages")
             wrapper = tmp / "usr" / "sbin" / "pykexec"
             wrapper.parent.mkdir(parents=True)
-            wrapper.write_text("#!/usr/bin/python3.11\nimport sys\n"
-                               "from pykexec.cli import main\nsys.exit(main())\n")
+            # The console script the package declares (pip's own wrapper has a host shebang).
+            with open(self.repo / "pyproject.toml", "rb") as f:
+                module, func = tomllib.load(f)["project"]["scripts"]["pykexec"].split(":")
+            wrapper.write_text(f"#!/usr/bin/python3.11\nimport sys\n"
+                               f"from {module} import {func}\nsys.exit({func}())\n")
             wrapper.chmod(0o755)
             (tmp / ".done").touch()
             shutil.rmtree(tree, ignore_errors=True)

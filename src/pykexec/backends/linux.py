@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from pathlib import Path
 
 from pykexec.errors import KexecError, SyscallError
 from pykexec.layouts import kexec as abi
@@ -17,7 +16,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-SYS_KEXEC = Path("/sys/kernel")
+SYS_KEXEC = "/sys/kernel"
 
 
 def _call(nr: int, *args: object) -> int:
@@ -28,20 +27,22 @@ def _call(nr: int, *args: object) -> int:
     return 0
 
 
-def lockdown_state() -> str:
+def _sysfs(path: str) -> str | None:
     try:
-        text = Path("/sys/kernel/security/lockdown").read_text()
+        with open(path) as f:
+            return f.read().strip()
     except OSError:
-        return "none"
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else "none"
+        return None
+
+
+def lockdown_state() -> str:
+    from pykexec.machine import parse_lockdown
+
+    return parse_lockdown(_sysfs("/sys/kernel/security/lockdown"))
 
 
 def kexec_load_disabled() -> bool:
-    try:
-        return Path("/proc/sys/kernel/kexec_load_disabled").read_text().strip() == "1"
-    except OSError:
-        return False
+    return _sysfs("/proc/sys/kernel/kexec_load_disabled") == "1"
 
 
 def _eperm_reason(syscall: str) -> str:
@@ -103,7 +104,7 @@ def kexec_load(plan: LoadPlan) -> None:
         raise SyscallError(explain(err, "kexec_load", plan), err, "kexec_load")
 
 
-def kexec_file_load(kernel: Path, initrd: Path | None, cmdline: str, crash: bool) -> int:
+def kexec_file_load(kernel: str, initrd: str | None, cmdline: str, crash: bool) -> int:
     """Returns 0 or the errno (so -a can decide to fall back); raises on file errors."""
     flags = abi.KEXEC_FILE_ON_CRASH if crash else 0
     if initrd is None:
@@ -147,10 +148,10 @@ def unload(crash: bool, use_file_syscall: bool | None) -> None:
 
 def is_loaded(crash: bool) -> bool:
     name = "kexec_crash_loaded" if crash else "kexec_loaded"
-    try:
-        return (SYS_KEXEC / name).read_text().strip() == "1"
-    except OSError:
-        raise KexecError(f"cannot read /sys/kernel/{name}: is sysfs mounted and CONFIG_KEXEC on?") from None
+    value = _sysfs(f"{SYS_KEXEC}/{name}")
+    if value is None:
+        raise KexecError(f"cannot read {SYS_KEXEC}/{name}: is sysfs mounted and CONFIG_KEXEC on?")
+    return value == "1"
 
 
 def execute() -> None:

@@ -3,45 +3,50 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+import os
+from collections import namedtuple
+from collections.abc import Callable
 
 from pykexec.errors import ImageFormatError, UsageError
 from pykexec.machine import Machine
 from pykexec.plan import LoadPlan
 
 
-@dataclass
 class LoadRequest:
     """Everything a loader needs, already read and checked by the caller."""
 
-    kernel_path: Path
-    kernel: bytes
-    machine: Machine
-    cmdline: str = ""
-    initrd_path: Path | None = None
-    initrd: bytes | None = None
-    crash: bool = False
-    mem_min: int = 0
-    mem_max: int = (1 << 64) - 1
-    modules: list[tuple[Path, bytes, str]] = field(default_factory=list)
-    backend: str = "kexec_load"
-    # I/O port of the UART purgatory reports on (0: silent), set by -d.
-    purgatory_console: int = 0
-    # -p: describe the crash kernel's memory with memmap= options too.
-    memmap_cmdline: bool = False
+    def __init__(self, kernel_path: str | os.PathLike[str], kernel: bytes, machine: Machine, *,
+                 cmdline: str = "", initrd_path: str | os.PathLike[str] | None = None,
+                 initrd: bytes | None = None, crash: bool = False, mem_min: int = 0,
+                 mem_max: int = (1 << 64) - 1, backend: str = "kexec_load", purgatory_console: int = 0,
+                 memmap_cmdline: bool = False) -> None:
+        self.kernel_path = kernel_path
+        self.kernel = kernel
+        self.machine = machine
+        self.cmdline = cmdline
+        self.initrd_path = initrd_path
+        self.initrd = initrd
+        self.crash = crash
+        self.mem_min = mem_min
+        self.mem_max = mem_max
+        self.backend = backend
+        # I/O port of the UART purgatory reports on (0: silent), set by -d.
+        self.purgatory_console = purgatory_console
+        # -p: describe the crash kernel's memory with memmap= options too.
+        self.memmap_cmdline = memmap_cmdline
 
 
-@dataclass(frozen=True)
-class ImageType:
+class ImageType(namedtuple("ImageType", "name probe plan usage file_load", defaults=(False,))):
+    """One row of the table. ``probe(data)`` returns None when the image is of this type,
+    else a short reason why not; ``plan(request)`` makes the LoadPlan; ``file_load``
+    says whether kexec_file_load can take the image on x86_64."""
+
+    __slots__ = ()
     name: str
-    # Returns None when the image is of this type, else a short reason why not.
     probe: Callable[[bytes], str | None]
     plan: Callable[[LoadRequest], LoadPlan]
     usage: str
-    # Can kexec_file_load take this image on x86_64?
-    file_load: bool = False
+    file_load: bool
 
 
 def _table() -> list[ImageType]:

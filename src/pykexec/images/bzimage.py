@@ -6,22 +6,24 @@ address + 0x200) with RSI = boot_params, as Documentation/arch/x86/boot.rst desc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+from collections import namedtuple
 
 from pykexec.errors import ImageFormatError
 from pykexec.images import ImageType, LoadRequest
 from pykexec.layouts import boot_params as bp
-from pykexec.linux_boot import PlacedKernel, header_from_image, plan_linux
 from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
 from pykexec.plan import LoadPlan, Segment
 
 MIN_PROTOCOL = 0x020C  # 2.12: xloadflags, 64-bit entry, ext_* fields
 
 
-@dataclass(frozen=True)
-class BzImage:
+class BzImage(namedtuple("BzImage", "header setup_size data")):
+    """A parsed bzImage; ``setup_size`` bytes of real-mode setup precede the kernel."""
+
+    __slots__ = ()
     header: bp.SetupHeader
-    setup_size: int  # bytes of real-mode setup before the protected-mode kernel
+    setup_size: int
     data: bytes
 
     @property
@@ -31,6 +33,14 @@ class BzImage:
     @property
     def protocol(self) -> str:
         return f"{self.header.version >> 8}.{self.header.version & 0xFF:02d}"
+
+
+def header_from_image(data: bytes) -> bp.SetupHeader:
+    """The setup header as the image declares it: bytes 0x1f1 up to the end announced by
+    the jump at 0x200 (older protocols have shorter headers; the rest stays zero)."""
+    end = min(0x202 + data[0x201], bp.SETUP_HEADER_OFFSET + ctypes.sizeof(bp.SetupHeader), len(data))
+    raw = data[bp.SETUP_HEADER_OFFSET:end]
+    return bp.SetupHeader.from_buffer_copy(raw.ljust(ctypes.sizeof(bp.SetupHeader), b"\0"))
 
 
 def parse(data: bytes) -> BzImage:
@@ -71,6 +81,8 @@ def plan(req: LoadRequest) -> LoadPlan:
     why = probe(req.kernel)
     if why is not None:
         raise ImageFormatError(f"{req.kernel_path}: {why}")
+    from pykexec.linux_boot import PlacedKernel, plan_linux  # kexec_load only
+
     img = parse(req.kernel)
     h = img.header
 

@@ -5,15 +5,14 @@ boot_params built from a synthetic setup header (a vmlinux has none)."""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 from pykexec.errors import ImageFormatError
 from pykexec.images import ImageType, LoadRequest
 from pykexec.layouts import boot_params as bp
-from pykexec.linux_boot import PlacedKernel, plan_linux
 from pykexec.memory import PAGE_SIZE, Allocator, Range, align_down, align_up
 from pykexec.plan import LoadPlan, Segment
 
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile
 
@@ -115,6 +114,8 @@ def plan(req: LoadRequest) -> LoadPlan:
     why = probe(req.kernel)
     if why is not None:
         raise ImageFormatError(f"{req.kernel_path}: {why}")
+    from pykexec.linux_boot import PlacedKernel, plan_linux
+
     loads, entry = load_segments(req.kernel)
     merged = merge_loads(loads)
 

@@ -11,7 +11,7 @@ Typical use::
     purg = Purgatory.load()
     params = PurgatoryParams(
         entry=kernel_entry, rsi=boot_params_addr,
-        regions=[Region.from_segment(mem, buf, memsz) for mem, buf, memsz in segs],
+        regions=[Region(seg.mem, seg.bufsz, seg.sha256) for seg in segments],
     )
     blob = purg.render(params)   # load it anywhere page aligned,
     start = load_addr + purg.entry_offset   # reserving purg.memsz bytes
@@ -65,8 +65,8 @@ class Region:
     """A segment the purgatory verifies.
 
     ``sha256`` is the digest of the ``data_len`` bytes at physical ``start``:
-    for a kexec segment, ``start=mem``, ``data_len=memsz`` and the digest of
-    the buffer followed by zeros up to ``memsz`` (see :meth:`from_segment`).
+    for a kexec segment pykexec passes ``start=mem``, ``data_len=bufsz`` and
+    the digest of the buffer (the kernel zero-fills the rest of the segment).
     """
 
     start: int
@@ -78,20 +78,6 @@ class Region:
             raise PurgatoryError("sha256 must be 32 bytes")
         if not (0 <= self.start <= _U64 and 0 <= self.data_len <= _U64 - self.start):
             raise PurgatoryError(f"region {self.start:#x}+{self.data_len:#x} out of range")
-
-    @classmethod
-    def from_segment(cls, mem: int, buf: bytes, memsz: int) -> "Region":
-        """Region for a kexec segment: ``buf`` zero-padded to ``memsz`` at ``mem``."""
-        if len(buf) > memsz:
-            raise PurgatoryError("segment buffer larger than memsz")
-        h = hashlib.sha256(buf)
-        pad = memsz - len(buf)
-        zeros = bytes(min(pad, 1 << 20))
-        while pad:
-            n = min(pad, len(zeros))
-            h.update(zeros[:n])
-            pad -= n
-        return cls(start=mem, data_len=memsz, sha256=h.digest())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,20 @@
+"""The ``pykexec`` command: subcommands first, else kexec-tools' command line.
+
+Kept tiny so that ``pykexec vmcore ...`` does not pay for the kexec CLI's imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["vmcore"]:
+        from pykexec.vmcore.cli import main as vmcore_main
+
+        return vmcore_main(args[1:])
+    from pykexec.cli import main as kexec_main
+
+    return kexec_main(args)
