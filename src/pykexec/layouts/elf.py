@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Iterator, NamedTuple
+from collections import namedtuple
+from collections.abc import Iterator
 
 # e_ident
 ELFMAG = b"\x7fELF"
@@ -124,9 +125,10 @@ def note_pad(n: int) -> int:
     return (n + NOTE_ALIGN - 1) & ~(NOTE_ALIGN - 1)
 
 
-class Note(NamedTuple):
+class Note(namedtuple("Note", "name type desc")):
     """One ELF note: name without its terminating NUL, type, descriptor bytes."""
 
+    __slots__ = ()
     name: bytes
     type: int
     desc: bytes

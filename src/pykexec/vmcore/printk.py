@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Iterable, NamedTuple
+from collections import namedtuple
+from collections.abc import Iterable
 
 from pykexec.vmcore import VmcoreError
 from pykexec.vmcore.elfcore import Buffer, ElfCore
@@ -54,25 +55,27 @@ _LONG = 8  # sizeof(long): each text block starts with its descriptor id
 _FAILED_LPOS = 0x1
 
 
-class Record(NamedTuple):
+class Record(namedtuple("Record", "ts_nsec text level facility caller_id", defaults=(None, None, None))):
     """One log record.  ``ts_nsec`` is None for legacy lines without a
     timestamp; ``level``/``facility``/``caller_id`` are None when the format
     does not record them (caller_id bit 31 set = CPU number, else thread id)."""
 
+    __slots__ = ()
     ts_nsec: int | None
     text: bytes
-    level: int | None = None
-    facility: int | None = None
-    caller_id: int | None = None
+    level: int | None
+    facility: int | None
+    caller_id: int | None
 
 
-class KernelLog(NamedTuple):
+class KernelLog(namedtuple("KernelLog", "format records raw", defaults=(None,))):
     """The records of one dump, oldest first.  ``raw`` is the legacy ring's
     text in order (what vmcore-dmesg prints for that format)."""
 
+    __slots__ = ()
     format: str
     records: list[Record]
-    raw: bytes | None = None
+    raw: bytes | None
 
 
 def read_log(core: ElfCore) -> KernelLog:
