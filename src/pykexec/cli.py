@@ -112,6 +112,15 @@ def _read_input(path: str, what: str) -> bytes:
     return data
 
 
+def _read_module(spec: str) -> images.Module:
+    """``--module="FILE ARGS"``: the file is the first word; the whole string is the
+    module's command line, as kexec-tools and GRUB pass it."""
+    words = spec.split(maxsplit=1)
+    if not words:
+        raise UsageError("--module needs a file name")
+    return images.Module(words[0], _read_input(words[0], "module"), spec.strip())
+
+
 def _debug(args: argparse.Namespace, message: str) -> None:
     if args.debug:
         print(f"pykexec: {message}", file=sys.stderr)
@@ -125,8 +134,12 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
                          "(boot with crashkernel=SIZE, e.g. crashkernel=256M)")
     initrd = _read_input(args.initrd, "initrd") if args.initrd else None
     cmdline = compose_cmdline(machine.cmdline, args.reuse_cmdline, args.append, args.load_panic)
-    if args.module:
+    multiboot = image_type.name.startswith("multiboot")
+    if args.module and not multiboot:
         raise UsageError(f"--module is for multiboot images; {args.kernel} is {image_type.name}")
+    if args.initrd and multiboot:
+        raise UsageError("--initrd is for Linux images; pass the initrd of a multiboot kernel with --module")
+    modules = [_read_module(spec) for spec in args.module]
     if backend == BACKEND_KEXEC_FILE_LOAD:
         if not image_type.file_load:
             raise UsageError(f"kexec_file_load cannot load {image_type.name} images; use -c")
@@ -136,7 +149,7 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
                              initrd_path=args.initrd, initrd=initrd, crash=args.load_panic,
                              mem_min=args.mem_min, mem_max=args.mem_max, backend=backend,
                              purgatory_console=COM1_PORT if args.debug else 0,
-                             memmap_cmdline=args.pass_memmap_cmdline)
+                             memmap_cmdline=args.pass_memmap_cmdline, modules=modules)
     plan = image_type.plan(req)
     validate(plan, machine)
     return plan
@@ -161,7 +174,7 @@ def do_load(args: argparse.Namespace) -> int:
         raise UsageError(f"--mem-min {args.mem_min:#x} is above --mem-max {args.mem_max:#x}")
     dry = args.dry_run or args.machine is not None
     machine = machine_mod.load(args.machine) if args.machine else machine_mod.probe()
-    kernel = _read_input(args.kernel, "kernel")
+    kernel = images.decompress(_read_input(args.kernel, "kernel"), args.kernel)
     image_type = images.select(kernel, args.type)
     backend = first_backend(args, image_type)
     if dry:

@@ -12,14 +12,25 @@ from pykexec.machine import Machine
 from pykexec.plan import LoadPlan
 
 
+class Module(namedtuple("Module", "path data cmdline")):
+    """A multiboot module from ``--module="FILE ARGS"``: ``cmdline`` is the whole
+    string, file name first, as boot loaders pass it (Xen skips the first word)."""
+
+    __slots__ = ()
+    path: str
+    data: bytes
+    cmdline: str
+
+
 class LoadRequest:
-    """Everything a loader needs, already read and checked by the caller."""
+    """Everything a loader needs, already read and checked by the caller. ``kernel``
+    is decompressed already (see :func:`decompress`)."""
 
     def __init__(self, kernel_path: str | os.PathLike[str], kernel: bytes, machine: Machine, *,
                  cmdline: str = "", initrd_path: str | os.PathLike[str] | None = None,
                  initrd: bytes | None = None, crash: bool = False, mem_min: int = 0,
                  mem_max: int = (1 << 64) - 1, backend: str = "kexec_load", purgatory_console: int = 0,
-                 memmap_cmdline: bool = False) -> None:
+                 memmap_cmdline: bool = False, modules: list[Module] | None = None) -> None:
         self.kernel_path = kernel_path
         self.kernel = kernel
         self.machine = machine
@@ -34,6 +45,7 @@ class LoadRequest:
         self.purgatory_console = purgatory_console
         # -p: describe the crash kernel's memory with memmap= options too.
         self.memmap_cmdline = memmap_cmdline
+        self.modules = modules if modules is not None else []
 
 
 class ImageType(namedtuple("ImageType", "name probe plan usage file_load", defaults=(False,))):
@@ -58,6 +70,28 @@ def _table() -> list[ImageType]:
 
 def image_types() -> list[ImageType]:
     return _table()
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED = 1 << 30  # a kernel or hypervisor image is far smaller; more is an attack
+
+
+def decompress(data: bytes, what: str) -> bytes:
+    """A gzip'd image (Xen ships as xen.gz) unpacked, anything else unchanged."""
+    if not data.startswith(GZIP_MAGIC):
+        return data
+    import zlib
+
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, MAX_DECOMPRESSED)
+    except zlib.error as err:
+        raise ImageFormatError(f"{what}: broken gzip data ({err})") from None
+    if d.unconsumed_tail:
+        raise ImageFormatError(f"{what}: decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
+    if not d.eof:
+        raise ImageFormatError(f"{what}: gzip data is truncated")
+    return out
 
 
 def select(data: bytes, forced: str | None = None) -> ImageType:
