@@ -120,3 +120,27 @@ def test_status_unload_and_errors_in_guest(pykexec_assets: Assets, vm_log_dir: P
     run.expect("pykexec: no room for the kernel")
     run.expect("pykexec: nothing has been loaded")
     assert "Traceback" not in run.log
+
+
+OVMF = "/usr/share/OVMF/OVMF_CODE.fd"
+
+
+def test_efi_handover(pykexec_assets: Assets, vm_log_dir: Path) -> None:
+    """Booted by EFI (OVMF): the kexec'd kernel must find the EFI system table again,
+    through efi_info, SETUP_EFI and the runtime map pykexec passes (a kernel that got
+    none would boot as if by BIOS and print no "efi:" lines)."""
+    if not Path(OVMF).exists():
+        pytest.fail(f"{OVMF} missing: install Debian's ovmf package (.ci/install-deps.sh)")
+    cmdline = "console=ttyS0 panic=-1 pykexec.test=efi"
+    script = ("test -d /sys/firmware/efi/runtime-map && echo FIRST-KERNEL-EFI\n"
+              "pykexec --dry-run --json -c -l /boot/vmlinuz --append x | grep -c setup_data"
+              " | sed 's/^/SETUP-DATA-SEGMENTS=/'\n")
+    load = f"pykexec -d -c -l /boot/vmlinuz --initrd /boot/second.cpio.gz --append '{cmdline}'"
+    run = run_guest_script(script + f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\n"
+                           "pykexec -e\n", pykexec_assets, extra_args=("-bios", OVMF), timeout=240,
+                           log_path=vm_log_dir / "console.log")
+    run.expect("FIRST-KERNEL-EFI")
+    assert "SETUP-DATA-SEGMENTS=1" in run, run.describe()
+    _assert_second_kernel(run, cmdline, pykexec_assets.kernel("6.1").release)
+    second_boot = run.log.split("pykexec purgatory: jumping to", 1)[1]
+    assert "efi: EFI v" in second_boot, run.describe()
