@@ -93,3 +93,25 @@ def test_crash_region_missing_or_too_small(pykexec_assets: Assets, vm_log_dir: P
     run = run_guest_script(script, pykexec_assets, append_extra="crashkernel=48M", log_path=vm_log_dir / "small.log")
     line = run.expect("pykexec: the crash kernel region")
     assert "reserve more with crashkernel=" in line and "SMALL=1" in run and "CRASH-STATUS=0" in run
+
+
+def test_crash_status_and_unload(pykexec_assets: Assets, vm_log_dir: Path) -> None:
+    """-S -p and -u -p against the real kernel, through kexec_load and kexec_file_load."""
+    script = "\n".join([
+        "pykexec -S -p; echo ST0=$?",
+        "pykexec -c -p /boot/vmlinuz --initrd /boot/second.cpio.gz --append x=1; echo LOAD=$?",
+        "pykexec -S -p; echo ST1=$?",
+        "pykexec -S -l; echo NORMAL=$?",
+        "pykexec -u -p; echo UNLOAD=$?",
+        "pykexec -S -p; echo ST2=$?",
+        "pykexec -s -p /boot/vmlinuz --initrd /boot/second.cpio.gz --append x=1; echo FILELOAD=$?",
+        "pykexec -S -p; echo ST3=$?",
+        "pykexec -s -u -p; echo FILEUNLOAD=$?",
+        "pykexec -S -p; echo ST4=$?",
+    ])
+    run = run_guest_script(script, pykexec_assets, append_extra="crashkernel=256M",
+                           log_path=vm_log_dir / "console.log")
+    run.assert_ok()
+    for marker in ("ST0=0", "LOAD=0", "ST1=1", "NORMAL=0", "UNLOAD=0", "ST2=0", "FILELOAD=0", "ST3=1",
+                   "FILEUNLOAD=0", "ST4=0"):
+        assert marker in run, f"{marker} missing:\n{run.describe()}"
