@@ -15,7 +15,8 @@ from pykexec import machine as machine_mod
 from pykexec.plan import Segment, validate
 
 from .oracle import OracleResult, run_kexec_tools
-from .test_oracle import APPEND, bzimage_payload, initrd, one_gib_machine, roles, vmlinuz  # noqa: F401
+from .test_oracle import (APPEND, CRASH_REGION, bzimage_payload, crash_machine, initrd,  # noqa: F401
+                          one_gib_machine, roles, vmlinuz)
 
 # Setup-header fields that hold addresses of things each tool placed itself.
 PLACED_FIELDS = {0x218: 4, 0x228: 4, 0x250: 8}  # ramdisk_image, cmd_line_ptr, setup_data
@@ -120,3 +121,75 @@ def u32(data: bytes, off: int) -> int:
 
 def u16(data: bytes, off: int) -> int:
     return int(struct.unpack_from("<H", data, off)[0])
+
+
+# --- -p: the crash kernel's elfcorehdr and memory map -----------------------------------
+
+def _phdrs(hdr: bytes) -> list[tuple[int, ...]]:
+    phoff, phnum = struct.unpack_from("<Q", hdr, 32)[0], u16(hdr, 56)
+    return [struct.unpack_from("<IIQQQQQQ", hdr, phoff + 56 * i) for i in range(phnum)]
+
+
+def _e820(page: bytes) -> list[tuple[int, int, int]]:
+    return [struct.unpack_from("<QQI", page, 0x2D0 + 20 * i) for i in range(page[0x1E8])]
+
+
+@pytest.fixture(scope="module")
+def both_crash(vmlinuz: Path, initrd: Path):  # noqa: F811
+    spec = crash_machine()
+    theirs = run_kexec_tools(["-c", "-p", str(vmlinuz), f"--initrd={initrd}", f"--append={APPEND}"], spec)
+    assert theirs.load_attempted, theirs.stderr
+    # The same facts kexec-tools read from sysfs and /proc/kcore, as a --machine "dump".
+    doc = json.loads(spec.to_pykexec_machine_json())
+    doc["dump"] = {"cpu_notes": [{"start": hex(a), "end": hex(a + 0x3FF)} for a in spec.crash_notes],
+                   "vmcoreinfo": {"start": hex(spec.vmcoreinfo[0]),
+                                  "end": hex(spec.vmcoreinfo[0] + spec.vmcoreinfo[1] - 1)},
+                   "kernel_image": {"vaddr": "0xffffffff81000000", "paddr": "0x1000000", "size": "0x2000000"},
+                   "kernel_release": "6.1.0-56-cloud-amd64"}
+    machine = machine_mod.from_dict(doc, source="oracle machine")
+    kernel = vmlinuz.read_bytes()
+    plan = images.select(kernel).plan(images.LoadRequest(vmlinuz, kernel, machine, cmdline=APPEND,
+                                                         initrd=initrd.read_bytes(), crash=True))
+    validate(plan, machine)
+    names = roles(theirs, bzimage_payload(kernel), initrd.read_bytes())
+    return theirs, names, {s.role: s for s in plan.segments}, plan
+
+
+def test_crash_elfcorehdr_matches_except_backup(both_crash) -> None:
+    theirs, names, ours, _ = both_crash
+    t = _phdrs(theirs.segments[names["elfcorehdr"]].data)
+    o = _phdrs(bytes(ours["elfcorehdr"].data))
+    assert len(t) == len(o) == 7
+    # CPU notes, VMCOREINFO, kernel image, and RAM outside the crash region: identical...
+    low = [i for i, p in enumerate(t) if p[0] == 1 and p[4] == 0]
+    assert len(low) == 1
+    for i, (tp, op) in enumerate(zip(t, o)):
+        if i not in low:
+            assert tp == op, (i, tp, op)
+    # ...except the low-memory PT_LOAD. Difference 7: kexec-tools always copies the
+    # first 640 KiB aside and reads them from the copy; a 6.1 kernel booted with
+    # crashkernel= never used them, so we read them in place.
+    (i,) = low
+    assert t[i][2] == theirs.segments[names["backup"]].mem and o[i][2] == 0
+    assert t[i][3:] == o[i][3:]
+    assert "backup" not in ours
+
+
+def test_crash_memory_map_and_cmdline(both_crash) -> None:
+    theirs, names, ours, plan = both_crash
+    t = _e820(theirs.segments[names["boot_params"]].data)
+    o = _e820(bytes(ours["boot_params"].data))
+    region = range(CRASH_REGION[0], CRASH_REGION[1] + 1)
+    # Outside the crash region the two maps agree: low RAM usable, reserved ranges kept.
+    assert [e for e in t if e[0] not in region] == [e for e in o if e[0] not in region]
+    # Inside it each tool hands over the region minus its own elfcorehdr (and, for
+    # kexec-tools, the backup copy); neither lets the crash kernel use its elfcorehdr.
+    for e820, elf in ((t, theirs.segments[names["elfcorehdr"]]), (o, ours["elfcorehdr"])):
+        ram = [(a, a + n) for a, n, typ in e820 if typ == 1 and a in region]
+        assert ram and all(end <= elf.mem or a >= elf.mem + elf.memsz for a, end in ram)
+    # Difference 8: elfcorehdr= in KiB (kexec-tools) or bytes (pykexec, like the kernel).
+    t_bp = theirs.segments[names["boot_params"]]
+    off = u32(t_bp.data, 0x228) - t_bp.mem
+    t_cmd = t_bp.data[off:t_bp.data.index(b"\0", off)].decode()
+    assert t_cmd == f"{APPEND} elfcorehdr={theirs.segments[names['elfcorehdr']].mem // 1024}K"
+    assert plan.cmdline == f"{APPEND} elfcorehdr={ours['elfcorehdr'].mem:#x}"
