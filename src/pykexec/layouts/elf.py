@@ -174,3 +174,40 @@ def iter_notes(buf: bytes | memoryview, *, stop_at_empty: bool = True) -> Iterat
         name = bytes(mv[name_off:name_off + namesz]).rstrip(b"\0")
         yield Note(name, n_type, bytes(mv[desc_off:desc_off + descsz]))
         off = next_off
+
+
+# --- NT_PRSTATUS on x86_64 (Linux's and Xen's struct elf_prstatus) -----------------------
+
+#: struct user_regs_struct, in pr_reg order.
+X86_64_REGISTERS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+                    "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+                    "gs_base", "ds", "es", "fs", "gs")
+
+
+class Elf64_Prstatus_x86_64(ctypes.LittleEndianStructure):
+    """struct elf_prstatus for x86_64 (336 bytes): the desc of a "CORE" NT_PRSTATUS note,
+    which the kernel (or Xen) fills for each CPU when it crashes."""
+
+    _fields_ = [
+        ("si_signo", ctypes.c_int32),
+        ("si_code", ctypes.c_int32),
+        ("si_errno", ctypes.c_int32),
+        ("pr_cursig", ctypes.c_int16),
+        ("_pad0", ctypes.c_int16),
+        ("pr_sigpend", ctypes.c_uint64),
+        ("pr_sighold", ctypes.c_uint64),
+        ("pr_pid", ctypes.c_int32),
+        ("pr_ppid", ctypes.c_int32),
+        ("pr_pgrp", ctypes.c_int32),
+        ("pr_sid", ctypes.c_int32),
+        ("pr_utime", ctypes.c_int64 * 2),
+        ("pr_stime", ctypes.c_int64 * 2),
+        ("pr_cutime", ctypes.c_int64 * 2),
+        ("pr_cstime", ctypes.c_int64 * 2),
+        ("pr_reg", ctypes.c_uint64 * len(X86_64_REGISTERS)),
+        ("pr_fpvalid", ctypes.c_int32),
+        ("_pad1", ctypes.c_int32),
+    ]
+
+
+assert ctypes.sizeof(Elf64_Prstatus_x86_64) == 336

@@ -20,6 +20,7 @@ from pykexec.errors import KexecError, UsageError
 
 USAGE = """\
 usage: pykexec vmcore dmesg [options] PATH
+       pykexec vmcore info [--json] PATH
 
 Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
 Output matches kexec-tools' vmcore-dmesg unless an option changes it.
@@ -110,6 +111,29 @@ def dmesg(opts: DmesgOptions) -> bytes:
                           show_caller=opts.show_caller)
 
 
+def info(argv: list[str]) -> str | None:
+    """The text ``vmcore info [--json] PATH`` prints; None when help was asked for."""
+    from pykexec.vmcore import info as info_mod
+    from pykexec.vmcore.elfcore import ElfCore
+
+    if any(a in ("-h", "--help") for a in argv):
+        return None
+    as_json = "--json" in argv
+    rest = [a for a in argv if a != "--json"]
+    unknown = [a for a in rest if a.startswith("-") and a != "-"]
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]}")
+    if len(rest) != 1:
+        raise UsageError("expected exactly one dump file (PATH)")
+    with ElfCore(rest[0]) as core:
+        description = info_mod.describe(core)
+    if as_json:
+        import json
+
+        return json.dumps(description, indent=2) + "\n"
+    return info_mod.render_text(description)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``pykexec vmcore SUBCOMMAND ...``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -117,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0 if argv else 2
+        if argv[0] == "info":
+            out = info(argv[1:])
+            if out is None:
+                sys.stdout.write(USAGE)
+                return 0
+            sys.stdout.write(out)
+            return 0
         if argv[0] != "dmesg":
-            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg)")
+            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg or info)")
         opts = parse_dmesg_args(argv[1:])
         if opts is None:
             sys.stdout.write(USAGE)

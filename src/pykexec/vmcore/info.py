@@ -1,0 +1,74 @@
+"""``pykexec vmcore info``: what a dump holds, without debug symbols: its notes, each
+CPU's registers at the crash, the VMCOREINFO keys, and for Xen dumps the hypervisor's
+crash information (version, ``xen_phys_start``, dom0's p2m root)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from pykexec.layouts import elf as E
+from pykexec.vmcore.elfcore import ElfCore
+
+EM_NAMES = {E.EM_X86_64: "x86_64", E.EM_386: "i386", E.EM_AARCH64: "aarch64"}
+
+
+def cpu_states(core: ElfCore) -> list[dict[str, object]]:
+    """One entry per "CORE" NT_PRSTATUS note, in note order (= CPU order)."""
+    cpus: list[dict[str, object]] = []
+    size = ctypes.sizeof(E.Elf64_Prstatus_x86_64)
+    for note in core.notes:
+        if note.name != b"CORE" or note.type != E.NT_PRSTATUS:
+            continue
+        entry: dict[str, object] = {"cpu": len(cpus)}
+        if core.machine == E.EM_X86_64 and len(note.desc) >= size:
+            st = E.Elf64_Prstatus_x86_64.from_buffer_copy(note.desc[:size])
+            entry["pid"] = st.pr_pid
+            entry["registers"] = {name: f"{value:#x}" for name, value in zip(E.X86_64_REGISTERS, st.pr_reg)}
+        else:
+            entry["raw_size"] = len(note.desc)
+        cpus.append(entry)
+    return cpus
+
+
+def describe(core: ElfCore) -> dict[str, object]:
+    """The whole description, as ``--json`` prints it."""
+    info: dict[str, object] = {
+        "file": core.path,
+        "format": "elf64",
+        "machine": EM_NAMES.get(core.machine, str(core.machine)),
+        "loads": len(core.loads),
+        "memory_bytes": sum(ld.memsz for ld in core.loads),
+        "notes": [{"name": n.name.decode("ascii", "replace"), "type": f"{n.type:#x}", "size": len(n.desc)}
+                  for n in core.notes],
+        "cpus": cpu_states(core),
+    }
+    if core.vmcoreinfo is not None:
+        info["vmcoreinfo"] = dict(core.vmcoreinfo.entries)
+        info["osrelease"] = core.vmcoreinfo.osrelease
+        info["crashtime"] = core.vmcoreinfo.crashtime
+    return info
+
+
+def render_text(info: dict[str, object]) -> str:
+    lines = [f"{info['file']}: ELF64 {info['machine']} core, {info['loads']} PT_LOADs, "
+             f"{int(info['memory_bytes']) >> 20} MiB of memory"]  # type: ignore[call-overload]
+    if info.get("osrelease"):
+        lines.append(f"kernel: {info['osrelease']}, crash time {info.get('crashtime')}")
+    notes = info["notes"]
+    assert isinstance(notes, list)
+    lines.append(f"notes ({len(notes)}):")
+    for n in notes:
+        lines.append(f"  {n['name']:<16} type {n['type']:<10} {n['size']} bytes")
+    cpus = info["cpus"]
+    assert isinstance(cpus, list)
+    for cpu in cpus:
+        regs = cpu.get("registers", {})
+        lines.append(f"cpu {cpu['cpu']}: pid {cpu.get('pid', '?')} rip {regs.get('rip', '?')} "
+                     f"rsp {regs.get('rsp', '?')} rbp {regs.get('rbp', '?')}")
+    xen = info.get("xen")
+    if isinstance(xen, dict):
+        lines.append("xen: " + ", ".join(f"{k} {v}" for k, v in xen.items()))
+    vmcoreinfo = info.get("vmcoreinfo")
+    if isinstance(vmcoreinfo, dict):
+        lines.append(f"vmcoreinfo: {len(vmcoreinfo)} keys")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""`pykexec vmcore info` on a synthetic dump: notes, registers, VMCOREINFO keys."""
+
+import ctypes
+import json
+from pathlib import Path
+
+from pykexec.layouts import elf as E
+from pykexec.vmcore import cli
+
+from vmcore_synth import Memory, base_vmcoreinfo, write_core
+
+
+def test_prstatus_layout():
+    st = E.Elf64_Prstatus_x86_64
+    assert ctypes.sizeof(st) == 336
+    assert (st.pr_pid.offset, st.pr_reg.offset, st.pr_fpvalid.offset) == (32, 112, 328)
+    assert E.X86_64_REGISTERS.index("rip") == 16 and len(E.X86_64_REGISTERS) == 27
+
+
+def test_info_json_and_text(tmp_path: Path, capsys):
+    st = E.Elf64_Prstatus_x86_64(pr_pid=4242)
+    st.pr_reg[E.X86_64_REGISTERS.index("rip")] = 0xFFFFFFFF81234567
+    st.pr_reg[E.X86_64_REGISTERS.index("rsp")] = 0xFFFFC90000123F00
+    second_cpu = E.pack_note(b"CORE", E.NT_PRSTATUS, bytes(st))
+    core = write_core(tmp_path / "core", Memory.standard(), "\n".join(base_vmcoreinfo()) + "\n",
+                      extra_notes=second_cpu)
+    assert cli.main(["info", "--json", str(core)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["machine"] == "x86_64" and doc["loads"] == 2
+    assert [n["name"] for n in doc["notes"]] == ["CORE", "VMCOREINFO", "CORE"]
+    assert [c["cpu"] for c in doc["cpus"]] == [0, 1]
+    assert doc["cpus"][1]["pid"] == 4242
+    assert doc["cpus"][1]["registers"]["rip"] == "0xffffffff81234567"
+    assert doc["osrelease"] == "6.1.0-synthetic" and doc["crashtime"] == 1700000000
+    assert doc["vmcoreinfo"]["PAGESIZE"] == "4096"
+    assert cli.main(["info", str(core)]) == 0
+    text = capsys.readouterr().out
+    assert "cpu 1: pid 4242 rip 0xffffffff81234567 rsp 0xffffc90000123f00" in text
+
+
+def test_info_errors(tmp_path: Path, capsys):
+    assert cli.main(["info"]) == 2
+    assert "expected exactly one dump file" in capsys.readouterr().err
+    assert cli.main(["info", "--bogus", "x"]) == 2
+    assert cli.main(["info", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
