@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--mem-max", type=_address, default=(1 << 64) - 1, help="highest address to use")
     opt.add_argument("--pass-memmap-cmdline", action="store_true",
                      help="-p: also describe the crash kernel's memory with memmap= options")
+    opt.add_argument("--xen-crash-efi", action="store_true",
+                     help="-p under Xen: Xen's purgatory-less CRASH_EFI load type (Secure Boot); chosen "
+                          "automatically in a Xen dom0 under lockdown or Secure Boot")
     opt.add_argument("--args-linux", action="store_true", help="accepted for kexec-tools compatibility (ELF)")
     sc = opt.add_mutually_exclusive_group()
     sc.add_argument("-s", "--kexec-file-syscall", dest="syscall", action="store_const", const="file",
@@ -140,6 +143,16 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
     if args.initrd and multiboot:
         raise UsageError("--initrd is for Linux images; pass the initrd of a multiboot kernel with --module")
     modules = [_read_module(spec) for spec in args.module]
+    if use_xen_crash_efi(args, machine):
+        from pykexec import xen_crash_efi
+
+        req = images.LoadRequest(args.kernel, kernel, machine, cmdline=cmdline, initrd_path=args.initrd,
+                                 initrd=initrd, crash=True, mem_min=args.mem_min, mem_max=args.mem_max)
+        plan = xen_crash_efi.plan(req)
+        if not args.xen_crash_efi:
+            why = "Secure Boot is on" if machine.secure_boot else f"lockdown is {machine.lockdown}"
+            plan.notes.insert(0, f"CRASH_EFI chosen because {why}: Xen must not run unsigned purgatory")
+        return plan
     if backend == BACKEND_KEXEC_FILE_LOAD:
         if not image_type.file_load:
             raise UsageError(f"kexec_file_load cannot load {image_type.name} images; use -c")
@@ -153,6 +166,18 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
     plan = image_type.plan(req)
     validate(plan, machine)
     return plan
+
+
+def use_xen_crash_efi(args: argparse.Namespace, machine: Machine) -> bool:
+    """--xen-crash-efi, or a crash load in a Xen dom0 under lockdown or Secure Boot."""
+    if args.xen_crash_efi:
+        if not args.load_panic:
+            raise UsageError("--xen-crash-efi is a crash load type: use it with -p")
+        if machine.xen is None:
+            raise UsageError(f"--xen-crash-efi is a Xen load type, and {machine.source} runs no Xen")
+        return True
+    return bool(args.load_panic and machine.xen is not None
+                and (machine.lockdown != "none" or machine.secure_boot))
 
 
 def first_backend(args: argparse.Namespace, image_type: images.ImageType) -> str:

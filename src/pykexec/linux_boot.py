@@ -153,16 +153,19 @@ class SetupDataBlock:
 
 
 def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
-               place_kernel: Callable[[Allocator], PlacedKernel], kernel_memsz: int) -> LoadPlan:
+               place_kernel: Callable[[Allocator], PlacedKernel], kernel_memsz: int, *,
+               purgatory: bool = True, backend: str = BACKEND_KEXEC_LOAD) -> LoadPlan:
     """Place the kernel (through ``place_kernel``), then initrd, crash segments for -p,
-    command line, boot_params and purgatory; the result is a kexec_load plan entered
-    through purgatory. ``kernel_memsz`` is what the kernel will occupy (for -p's check)."""
+    command line, boot_params and purgatory; the result is a plan entered through
+    purgatory. ``kernel_memsz`` is what the kernel will occupy (for -p's check). Without
+    ``purgatory`` (Xen's CRASH_EFI, where Xen enters the kernel itself) the plan's entry
+    is the boot_params address."""
     machine = req.machine
     alloc = Allocator(machine.memory.ram(), window_for(req))
     if req.crash:
         _check_crash_room(req, kernel_memsz)
     kernel = place_kernel(alloc)
-    plan = LoadPlan(image_type=image_type, backend=BACKEND_KEXEC_LOAD, crash=req.crash,
+    plan = LoadPlan(image_type=image_type, backend=backend, crash=req.crash,
                     cmdline=req.cmdline, kernel_entry=kernel.entry64)
     plan.segments.extend(kernel.segments)
 
@@ -174,7 +177,7 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
     e820 = machine.memory
     backup = None
     if req.crash:
-        e820, backup = _add_crash_segments(plan, alloc, machine)
+        e820, backup = _add_crash_segments(plan, alloc, machine, allow_backup=purgatory)
         elfcorehdr = next(s for s in plan.segments if s.role == "elfcorehdr")
         extra = f"elfcorehdr={elfcorehdr.mem:#x}"
         if req.memmap_cmdline:
@@ -205,7 +208,11 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
     bp_addr = alloc.allocate(len(zero_page), max_addr=BELOW_4G, what="boot_params")
     plan.segments.append(Segment("boot_params", bp_addr, PAGE_SIZE, zero_page))
 
-    attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr, console_port=req.purgatory_console, backup=backup)
+    if purgatory:
+        attach_purgatory(plan, alloc, kernel.entry64, rsi=bp_addr, console_port=req.purgatory_console,
+                         backup=backup)
+    else:
+        plan.entry = bp_addr
     return plan
 
 
@@ -226,8 +233,8 @@ def _check_crash_room(req: LoadRequest, kernel_memsz: int) -> None:
             f"loader data need {-(-need // MiB)} MiB: reserve more with crashkernel=")
 
 
-def _add_crash_segments(plan: LoadPlan, alloc: Allocator,
-                        machine: Machine) -> tuple[MemoryMap, tuple[Range, int] | None]:
+def _add_crash_segments(plan: LoadPlan, alloc: Allocator, machine: Machine, *,
+                        allow_backup: bool = True) -> tuple[MemoryMap, tuple[Range, int] | None]:
     """The elfcorehdr (and, for pre-5.6 crashed kernels, the low-memory backup);
     returns the crash kernel's memory map and (backup source, copy address)."""
     region = machine.crash_kernel
@@ -239,7 +246,7 @@ def _add_crash_segments(plan: LoadPlan, alloc: Allocator,
         plan.notes.append("no VMCOREINFO known: dump tools will need debug symbols")
     ranges = crash.dump_ranges(machine.memory, region)
     backup = None
-    src = crash.backup_source(machine.memory) if sources.needs_backup else None
+    src = crash.backup_source(machine.memory) if sources.needs_backup and allow_backup else None
     if src is not None:
         copy = alloc.allocate(src.size, what="low-memory backup")
         backup = (src, copy)

@@ -43,8 +43,8 @@ class EfiFirmware(namedtuple("EfiFirmware", "efi_info fw_vendor runtime config_t
 
 
 class Machine(namedtuple("Machine", "memory crash_kernel cmdline lockdown xen acpi_rsdp running_boot_params "
-                                    "efi dump source",
-                         defaults=(None, "", "none", None, None, None, None, None, "this machine"))):
+                                    "efi dump source secure_boot",
+                         defaults=(None, "", "none", None, None, None, None, None, "this machine", False))):
     """The machine a plan is for.
 
     memory: MemoryMap; crash_kernel: Range | None; cmdline: str (as /proc/cmdline);
@@ -52,7 +52,8 @@ class Machine(namedtuple("Machine", "memory crash_kernel cmdline lockdown xen ac
     acpi_rsdp: int | None; running_boot_params: the running kernel's zero page, the
     template for video information we pass on; efi: EfiFirmware | None; dump:
     crash.DumpSources | None, what a crash kernel's elfcorehdr points at; source: a
-    name for messages ("this machine", or the --machine file).
+    name for messages ("this machine", or the --machine file); secure_boot: booted
+    with UEFI Secure Boot enabled.
     """
 
     __slots__ = ()
@@ -66,6 +67,7 @@ class Machine(namedtuple("Machine", "memory crash_kernel cmdline lockdown xen ac
     efi: EfiFirmware | None
     dump: "DumpSources | None"
     source: str
+    secure_boot: bool
 
 
 # --- /proc/iomem and /sys/firmware/memmap -------------------------------------------
@@ -165,7 +167,17 @@ def probe() -> Machine:
         running_boot_params=boot_params,
         efi=read_efi(boot_params),
         dump=_probe_dump() if crash_kernel else None,
+        secure_boot=secure_boot_enabled(boot_params),
     )
+
+
+def secure_boot_enabled(boot_params: bytes | None) -> bool:
+    """The firmware's Secure Boot state as the running kernel recorded it in boot_params
+    (0x1ec: 3 = enabled), else the SecureBoot EFI variable."""
+    if boot_params is not None and len(boot_params) > 0x1EC and boot_params[0x1EC] in (2, 3):
+        return boot_params[0x1EC] == 3
+    var = _read_bytes("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
+    return bool(var) and var[-1] == 1
 
 
 def _probe_dump() -> "DumpSources":
@@ -247,7 +259,8 @@ def from_dict(data: object, source: str = "--machine") -> Machine:
     """Build a Machine from the documented JSON description (see docs/machine-file.md)."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: the top level must be a JSON object")
-    unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp", "dump"}
+    unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp", "dump",
+                           "secure_boot"}
     if unknown:
         raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
     mem = data.get("memory")
@@ -295,8 +308,11 @@ def from_dict(data: object, source: str = "--machine") -> Machine:
         raise InputError(f"{source}: lockdown must be none, integrity, confidentiality, true or false")
     rsdp = _addr(data["acpi_rsdp"], f"{source}: acpi_rsdp") if data.get("acpi_rsdp") is not None else None
     dump = _dump_sources(data["dump"], source) if data.get("dump") is not None else None
+    secure_boot = data.get("secure_boot", False)
+    if not isinstance(secure_boot, bool):
+        raise InputError(f"{source}: secure_boot must be true or false")
     return Machine(memory=memory, crash_kernel=crash, cmdline=cmdline.strip(), lockdown=lockdown,
-                   xen=xen, acpi_rsdp=rsdp, dump=dump, source=source)
+                   xen=xen, acpi_rsdp=rsdp, dump=dump, source=source, secure_boot=secure_boot)
 
 
 def _dump_sources(d: object, source: str) -> "DumpSources":

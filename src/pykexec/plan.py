@@ -91,8 +91,11 @@ class LoadPlan:
             segs.append({"mem": None, "memsz": None, "bufsz": hex(len(cmd)), "role": "cmdline",
                          "sha256": hashlib.sha256(cmd).hexdigest()})
         else:
+            # In the order the segments are handed over: by address for kexec_load (the
+            # kernel sorts them anyway); as planned for Xen, where segment 0 has a meaning.
+            order = self.sorted_segments() if self.backend == BACKEND_KEXEC_LOAD else self.segments
             segs = [{"mem": hex(s.mem), "memsz": hex(s.memsz), "bufsz": hex(s.bufsz), "role": s.role,
-                     "sha256": s.sha256.hex()} for s in self.sorted_segments()]
+                     "sha256": s.sha256.hex()} for s in order]
         return {
             "type": self.image_type,
             "backend": self.backend,

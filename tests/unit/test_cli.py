@@ -84,7 +84,7 @@ def test_last_append_wins(capsys, bzimage_file, machine_file):
     (["-l", "/"], "is a directory", 1),
     (["-l", "KERNEL", "--mem-min", "banana"], "not a number", 2),
     (["-l", "KERNEL", "--mem-min", "0x2000000", "--mem-max", "0x1000000"], "is above --mem-max", 2),
-    (["-l", "KERNEL", "-t", "multiboot-x86"], "unknown image type", 2),
+    (["-l", "KERNEL", "-t", "nbi-x86"], "unknown image type", 2),
     (["-l", "KERNEL", "--module", "foo"], "--module is for multiboot", 2),
     (["-l", "KERNEL", "-s", "-c"], "not allowed with", 2),
     (["-l", "-p", "KERNEL"], "exclusive", 2),

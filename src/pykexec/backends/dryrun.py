@@ -18,7 +18,10 @@ def render_text(plan: LoadPlan, machine: Machine) -> str:
              f"{'    (crash kernel)' if plan.crash else ''}"]
     if plan.entry is not None:
         via = f" -> kernel entry {plan.kernel_entry:#x}" if plan.kernel_entry is not None else ""
-        lines.append(f"entry: {plan.entry:#x} (purgatory){via}")
+        if any(s.role == "purgatory" for s in plan.segments):
+            lines.append(f"entry: {plan.entry:#x} (purgatory){via}")
+        else:
+            lines.append(f"parameters: {plan.entry:#x} (boot_params; Xen enters the kernel){via}")
     lines.append(f"command line: {plan.cmdline!r}")
     lines.append("")
     lines.append(f"{'role':<12} {'mem':<18} {'memsz':<11} {'bufsz':<11} sha256")
