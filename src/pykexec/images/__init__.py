@@ -63,9 +63,10 @@ class ImageType(namedtuple("ImageType", "name probe plan usage file_load", defau
 
 def _table() -> list[ImageType]:
     # Imported here: the loaders import plan/memory, which must not import this table.
-    from pykexec.images import bzimage, elf
+    from pykexec.images import bzimage, elf, multiboot, multiboot2
 
-    return [elf.ELF_X86_64, bzimage.BZIMAGE64]
+    # kexec-tools' x86_64 order: a Xen image (ELF32 with both headers) is Multiboot 2.
+    return [multiboot2.MULTIBOOT2_X86, elf.ELF_X86_64, multiboot.MULTIBOOT_X86, bzimage.BZIMAGE64]
 
 
 def image_types() -> list[ImageType]:
