@@ -114,3 +114,45 @@ def test_no_traceback_from_the_console_script(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().endswith("does not exist")
     assert "Traceback" not in proc.stderr
+
+
+class _Recorder:
+    """Stands in for the kernel's syscalls to test -a's decisions (the syscalls
+    themselves are exercised in the VM tests)."""
+
+    def __init__(self, file_errno: int) -> None:
+        self.file_errno = file_errno
+        self.calls: list[str] = []
+
+    def kexec_file_load(self, kernel, initrd, cmdline, crash):
+        self.calls.append("kexec_file_load")
+        return self.file_errno
+
+    def kexec_load(self, plan):
+        self.calls.append(f"kexec_load:{plan.image_type}")
+
+
+@pytest.mark.parametrize("file_errno,lockdown,expect_calls,rc,message", [
+    (0, "none", ["kexec_file_load"], 0, None),
+    (8, "none", ["kexec_file_load", "kexec_load:bzImage64"], 0, None),        # ENOEXEC: fall back
+    (38, "none", ["kexec_file_load", "kexec_load:bzImage64"], 0, None),       # ENOSYS: fall back
+    (129, "none", ["kexec_file_load"], 1, "signature was rejected"),         # EKEYREJECTED: never
+    (8, "integrity", ["kexec_file_load"], 1, "not an option under lockdown"),
+])
+def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tmp_path, file_errno, lockdown,
+                                           expect_calls, rc, message):
+    import json as _json
+
+    from pykexec import machine as machine_mod
+    from pykexec.backends import linux
+
+    from conftest import MACHINE_1G
+
+    rec = _Recorder(file_errno)
+    monkeypatch.setattr(linux, "kexec_file_load", rec.kexec_file_load)
+    monkeypatch.setattr(linux, "kexec_load", rec.kexec_load)
+    monkeypatch.setattr(machine_mod, "probe", lambda: machine_mod.from_dict(dict(MACHINE_1G, lockdown=lockdown)))
+    code, _, err = run(capsys, "-l", str(bzimage_file), "--append", "x")
+    assert (code, rec.calls) == (rc, expect_calls)
+    if message:
+        assert message in err and err.count("\n") == 1
