@@ -156,3 +156,17 @@ def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tm
     assert (code, rec.calls) == (rc, expect_calls)
     if message:
         assert message in err and err.count("\n") == 1
+
+
+def test_einval_names_the_segment():
+    from pykexec.backends.linux import diagnose_einval, explain
+    from pykexec.plan import LoadPlan, Segment
+
+    plan = LoadPlan("bzImage64", "kexec_load", entry=0x100000, segments=[
+        Segment("kernel", 0x1000000, 0x2000000, b"k"), Segment("initrd", 0x3F000000, 0x100000, b"i")])
+    iomem = "00001000-0009fbff : System RAM\n00100000-3effffff : System RAM\n3f000000-3fffffff : Reserved\n"
+    assert "initrd segment 0x3f000000-0x3f0fffff is not all System RAM" in diagnose_einval(plan, iomem, "")
+    ok_iomem = "00100000-3fffffff : System RAM\n"
+    assert "more than half" in diagnose_einval(plan, ok_iomem, "MemTotal:   60000 kB\n")
+    assert "no segment breaks" in diagnose_einval(plan, ok_iomem, "MemTotal: 1000000 kB\n")
+    assert explain(22, "kexec_load", plan).startswith("kexec_load failed: the kernel rejected the segments (EINVAL): ")

@@ -77,11 +77,34 @@ def explain(err: int, syscall: str, plan: LoadPlan | None = None) -> str:
         return f"{what}: no room for the image in the crash kernel region"
     if err == errno.EINVAL:
         if plan is not None and plan.segments:
-            segs = ", ".join(f"{s.role}@{s.mem:#x}+{s.memsz:#x}" for s in plan.sorted_segments())
-            return (f"{what}: the kernel rejected the segments (EINVAL) although they pass our checks "
-                    f"[{segs}]: a segment is probably outside memory the kernel can use")
+            return f"{what}: the kernel rejected the segments (EINVAL): {diagnose_einval(plan)}"
         return f"{what}: invalid argument (EINVAL)"
     return f"{what}: {os.strerror(err)}"
+
+
+def diagnose_einval(plan: LoadPlan, iomem: str | None = None, meminfo: str | None = None) -> str:
+    """Which segment the kernel most likely refused, judged by its own view of memory
+    (our plan was checked against the firmware's map, which can be larger). Trying the
+    segments one by one would replace the image loaded before: not an option."""
+    from pykexec.machine import parse_iomem
+
+    segs = plan.sorted_segments()
+    try:
+        ram, _ = parse_iomem(iomem if iomem is not None else _sysfs("/proc/iomem") or "")
+        for s in segs:
+            if not ram.is_ram(s.range):
+                return (f"the {s.role} segment {s.range} is not all System RAM as the running kernel sees it "
+                        "(/proc/iomem): try --mem-max below it")
+    except KexecError:
+        pass
+    text = meminfo if meminfo is not None else _sysfs("/proc/meminfo") or ""
+    total_kib = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("MemTotal:")), 0)
+    need = sum(s.memsz for s in segs)
+    if total_kib and need > total_kib * 1024 // 2:
+        return (f"the segments need {need >> 20} MiB, more than half of the kernel's usable memory "
+                f"({total_kib >> 10} MiB MemTotal)")
+    listed = ", ".join(f"{s.role} {s.range}" for s in segs)
+    return f"no segment breaks a rule we know of ({listed})"
 
 
 def kexec_load(plan: LoadPlan) -> None:
