@@ -17,7 +17,7 @@ from pykexec import images
 from pykexec import machine as machine_mod
 from pykexec.errors import InputError, KexecError, UsageError
 from pykexec.machine import Machine
-from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, FileLoadInputs, LoadPlan, validate
+from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, BACKEND_XEN, FileLoadInputs, LoadPlan, validate
 
 # --reuse-cmdline drops what belongs to the running kernel's boot only.
 _DROP_ON_REUSE = ("BOOT_IMAGE=", "crashkernel=", "kexec_jump_back_entry=")
@@ -152,6 +152,7 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
         if not args.xen_crash_efi:
             why = "Secure Boot is on" if machine.secure_boot else f"lockdown is {machine.lockdown}"
             plan.notes.insert(0, f"CRASH_EFI chosen because {why}: Xen must not run unsigned purgatory")
+        check_xen_plan(plan, machine)
         return plan
     if backend == BACKEND_KEXEC_FILE_LOAD:
         if not image_type.file_load:
@@ -164,8 +165,41 @@ def make_plan(args: argparse.Namespace, machine: Machine, kernel: bytes, image_t
                              purgatory_console=COM1_PORT if args.debug else 0,
                              memmap_cmdline=args.pass_memmap_cmdline, modules=modules)
     plan = image_type.plan(req)
-    validate(plan, machine)
+    if backend == BACKEND_XEN:
+        plan.backend = BACKEND_XEN
+        check_xen_plan(plan, machine)
+    else:
+        validate(plan, machine)
     return plan
+
+
+def xen_load_type(plan: LoadPlan) -> int:
+    from pykexec.layouts import xen as xen_abi
+
+    if not plan.crash:
+        return xen_abi.KEXEC_TYPE_DEFAULT
+    has_purgatory = any(s.role == "purgatory" for s in plan.segments)
+    return xen_abi.KEXEC_TYPE_CRASH if has_purgatory else xen_abi.KEXEC_TYPE_CRASH_EFI
+
+
+def xen_segments(plan: LoadPlan) -> list:
+    """The plan's segments as Xen takes them: purgatory needs the first MiB mapped, which
+    Xen does only for segments it is given (null-buffer ones, added after the digests)."""
+    from pykexec.backends import xen
+
+    segs = xen.segments_from_plan(plan)
+    if any(s.role == "purgatory" for s in plan.segments):
+        segs = xen.with_low_memory_mapped(segs)
+    return segs
+
+
+def check_xen_plan(plan: LoadPlan, machine: Machine) -> None:
+    """Xen's rules for kexec_load, applied before any hypercall."""
+    from pykexec.backends import xen
+
+    area = machine.crash_kernel
+    xen.check_load(xen_load_type(plan), xen.ARCH_PURGATORY, xen_segments(plan), plan.entry or 0,
+                   xen.XenRange(area.start, area.size) if area is not None and plan.crash else None)
 
 
 def use_xen_crash_efi(args: argparse.Namespace, machine: Machine) -> bool:
@@ -180,9 +214,13 @@ def use_xen_crash_efi(args: argparse.Namespace, machine: Machine) -> bool:
                 and (machine.lockdown != "none" or machine.secure_boot))
 
 
-def first_backend(args: argparse.Namespace, image_type: images.ImageType) -> str:
+def first_backend(args: argparse.Namespace, image_type: images.ImageType, machine: Machine) -> str:
     """-s and -c are explicit; -a (the default) starts with kexec_file_load when the
-    kernel could take the image."""
+    kernel could take the image. In a Xen dom0 the hypervisor loads every image."""
+    if machine.xen is not None:
+        if args.syscall == "file":
+            raise UsageError("kexec_file_load is not for a Xen dom0: Xen loads images itself (drop -s)")
+        return BACKEND_XEN
     if args.syscall == "file":
         return BACKEND_KEXEC_FILE_LOAD
     if args.syscall == "load":
@@ -201,7 +239,7 @@ def do_load(args: argparse.Namespace) -> int:
     machine = machine_mod.load(args.machine) if args.machine else machine_mod.probe()
     kernel = images.decompress(_read_input(args.kernel, "kernel"), args.kernel)
     image_type = images.select(kernel, args.type)
-    backend = first_backend(args, image_type)
+    backend = first_backend(args, image_type, machine)
     if dry:
         plan = make_plan(args, machine, kernel, image_type, backend)
         print(dryrun.render_json(plan) if args.json else dryrun.render_text(plan, machine))
@@ -209,6 +247,8 @@ def do_load(args: argparse.Namespace) -> int:
 
     from pykexec.backends import linux
 
+    if backend == BACKEND_XEN:
+        return load_through_xen(args, make_plan(args, machine, kernel, image_type, backend), machine)
     if backend == BACKEND_KEXEC_FILE_LOAD:
         plan = make_plan(args, machine, kernel, image_type, backend)
         assert plan.file_inputs is not None
@@ -231,6 +271,45 @@ def do_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_through_xen(args: argparse.Namespace, plan: LoadPlan, machine: Machine) -> int:
+    """Hand a checked plan to Xen (PV dom0)."""
+    from pykexec.backends import dryrun, xen
+    from pykexec.layouts import xen as xen_abi
+
+    if args.debug:
+        print(dryrun.render_text(plan, machine), file=sys.stderr)
+    load_type = xen_load_type(plan)
+    with xen.XenKexec.open() as x:
+        try:
+            x.load(load_type, xen.ARCH_PURGATORY, xen_segments(plan), plan.entry or 0)
+        except xen.HypercallError as err:
+            if load_type == xen_abi.KEXEC_TYPE_CRASH_EFI and err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                major, minor, extra = x.xen_version()
+                raise KexecError(f"Xen {major}.{minor}{extra} does not know the CRASH_EFI load type (3): it lacks "
+                                 "the 'x86/kexec: Secure Boot support' series; nothing was loaded") from None
+            raise
+    return 0
+
+
+def _xen_dom0() -> bool:
+    """Cheaply: are we a Xen PV dom0 (then -e/-u/-S go to the hypervisor)?"""
+    try:
+        with open("/sys/hypervisor/type") as f:
+            if f.read().strip() != "xen":
+                return False
+    except OSError:
+        return False
+    from pykexec.backends import xen
+
+    return xen.xen_pv_dom0()
+
+
+def _xen_type(crash: bool) -> int:
+    from pykexec.layouts import xen as xen_abi
+
+    return xen_abi.KEXEC_TYPE_CRASH if crash else xen_abi.KEXEC_TYPE_DEFAULT
+
+
 def do_reboot_after_load() -> int:
     """kexec-tools' behaviour with no action option: load, then a clean reboot, which
     the init system finishes with kexec."""
@@ -250,12 +329,23 @@ def run(argv: Sequence[str]) -> int:
     if args.json and not (args.dry_run or args.machine):
         raise UsageError("--json only applies to --dry-run plans")
     if args.status:  # overrides every other action, as in kexec-tools
+        if _xen_dom0():
+            from pykexec.backends import xen
+
+            with xen.XenKexec.open() as x:
+                return 1 if x.is_loaded(_xen_type(crash=not args.load)) else 0
         from pykexec.backends import linux
 
         return 1 if linux.is_loaded(crash=not args.load) else 0
     if args.unload:
         if args.dry_run or args.machine:
             print(f"would unload the {'crash' if args.load_panic else 'kexec'} image")
+            return 0
+        if _xen_dom0():
+            from pykexec.backends import xen
+
+            with xen.XenKexec.open() as x:
+                x.unload(_xen_type(args.load_panic))
             return 0
         from pykexec.backends import linux
 
@@ -269,6 +359,14 @@ def run(argv: Sequence[str]) -> int:
         if args.dry_run:
             print("would execute the loaded kexec image")
             return 0
+        if _xen_dom0():
+            from pykexec.backends import xen
+
+            with xen.XenKexec.open() as x:
+                if not x.is_loaded(_xen_type(crash=False)):
+                    raise KexecError("nothing has been loaded: load a kernel with -l first")
+                x.execute(_xen_type(crash=False))
+            return 1
         from pykexec.backends import linux
 
         linux.execute()

@@ -38,10 +38,13 @@ class KernelImage(namedtuple("KernelImage", "vaddr paddr size")):
     size: int
 
 
-class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image page_offset kernel_release",
-                             defaults=((), None, None, DEFAULT_PAGE_OFFSET, None))):
-    """Where the running kernel keeps what a dump needs: per-CPU note buffers and
-    VMCOREINFO (Ranges), the kernel image mapping, the direct map's base."""
+class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image page_offset kernel_release "
+                                            "extra_notes xen_phys_start",
+                             defaults=((), None, None, DEFAULT_PAGE_OFFSET, None, (), None))):
+    """Where the running kernel (or Xen) keeps what a dump needs: per-CPU note buffers
+    and VMCOREINFO (Ranges), the kernel image mapping, the direct map's base. Under Xen:
+    Xen's per-pCPU notes and VMCOREINFO_XEN, ``extra_notes`` (dom0's VMCOREINFO, so its
+    log can be read later) and ``xen_phys_start`` (written into a note of our own)."""
 
     __slots__ = ()
     cpu_notes: tuple[Range, ...]
@@ -49,10 +52,21 @@ class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image p
     kernel_image: KernelImage | None
     page_offset: int
     kernel_release: str | None
+    extra_notes: tuple[Range, ...]
+    xen_phys_start: int | None
 
     @property
     def needs_backup(self) -> bool:
-        return release_tuple(self.kernel_release) < BACKUP_SINCE
+        # Xen keeps its trampoline in low memory and does not leave it to the crash
+        # kernel the way Linux 5.6+ does: copy it aside, as kexec-tools does under Xen.
+        return self.xen_phys_start is not None or release_tuple(self.kernel_release) < BACKUP_SINCE
+
+    def own_notes(self) -> bytes:
+        """Notes we write ourselves into the elfcorehdr segment."""
+        if self.xen_phys_start is None:
+            return b""
+        return E.pack_note(E.PYKEXEC_NOTE_NAME, E.NT_PYKEXEC_XEN_PHYS_START,
+                           struct.pack("<Q", self.xen_phys_start))
 
 
 def release_tuple(release: str | None) -> tuple[int, int]:
@@ -143,16 +157,17 @@ def backup_source(memory: MemoryMap) -> Range | None:
 
 
 def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int = E.EM_X86_64,
-                     backup: tuple[Range, int] | None = None) -> bytes:
-    """The ELF64 core header. ``backup`` = (source range, address of its copy): the
-    PT_LOAD for that range then reads from the copy, as the dump must show the memory
-    as it was before the crash kernel ran."""
+                     backup: tuple[Range, int] | None = None, address: int = 0) -> bytes:
+    """The ELF64 core header, to be loaded at ``address``. ``backup`` = (source range,
+    address of its copy): the PT_LOAD for that range then reads from the copy, as the
+    dump must show the memory as it was before the crash kernel ran. Our own notes follow
+    the program headers, in the same segment, with a PT_NOTE pointing at them."""
     phdrs: list[E.Elf64_Phdr] = []
+    own = sources.own_notes()
     for note in sources.cpu_notes:
         phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=note.start, p_paddr=note.start,
                                   p_filesz=note.size, p_memsz=note.size))
-    if sources.vmcoreinfo is not None:
-        v = sources.vmcoreinfo
+    for v in ((sources.vmcoreinfo,) if sources.vmcoreinfo is not None else ()) + tuple(sources.extra_notes):
         phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=v.start, p_paddr=v.start, p_filesz=v.size,
                                   p_memsz=v.size))
     rwx = E.PF_R | E.PF_W | E.PF_X
@@ -171,18 +186,23 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
             phdrs.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=offset,
                                       p_vaddr=sources.page_offset + piece.start, p_paddr=piece.start,
                                       p_filesz=piece.size, p_memsz=piece.size))
+    if own:  # last, so that it can point just past the program headers
+        at = address + ctypes.sizeof(E.Elf64_Ehdr) + (len(phdrs) + 1) * ctypes.sizeof(E.Elf64_Phdr)
+        phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=at, p_paddr=at, p_filesz=len(own), p_memsz=len(own)))
     ehdr = E.Elf64_Ehdr(e_type=E.ET_CORE, e_machine=machine, e_version=E.EV_CURRENT,
                         e_phoff=ctypes.sizeof(E.Elf64_Ehdr), e_ehsize=ctypes.sizeof(E.Elf64_Ehdr),
                         e_phentsize=ctypes.sizeof(E.Elf64_Phdr), e_phnum=len(phdrs))
     ehdr.e_ident[:7] = list(E.ELFMAG) + [E.ELFCLASS64, E.ELFDATA2LSB, E.EV_CURRENT]
-    return bytes(ehdr) + b"".join(bytes(p) for p in phdrs)
+    return bytes(ehdr) + b"".join(bytes(p) for p in phdrs) + own
 
 
 def elfcorehdr_size(sources: DumpSources, ranges: list[Range], backup: bool) -> int:
     """Size of the header :func:`build_elfcorehdr` will produce (known before placing it)."""
     n = len(sources.cpu_notes) + (sources.vmcoreinfo is not None) + (sources.kernel_image is not None)
-    n += len(ranges) + (2 if backup else 0)
-    return ctypes.sizeof(E.Elf64_Ehdr) + n * ctypes.sizeof(E.Elf64_Phdr)
+    n += len(sources.extra_notes) + len(ranges) + (2 if backup else 0)
+    own = sources.own_notes()
+    n += 1 if own else 0
+    return ctypes.sizeof(E.Elf64_Ehdr) + n * ctypes.sizeof(E.Elf64_Phdr) + len(own)
 
 
 # --- the crash kernel's view of memory ---------------------------------------------------

@@ -254,7 +254,7 @@ def _add_crash_segments(plan: LoadPlan, alloc: Allocator, machine: Machine, *,
         plan.notes.append(f"crashed kernel {sources.kernel_release} predates 5.6: purgatory backs up {src}")
     size = crash.elfcorehdr_size(sources, ranges, backup is not None)
     addr = alloc.allocate(size, what="elfcorehdr")
-    header = crash.build_elfcorehdr(sources, ranges, backup=backup)
+    header = crash.build_elfcorehdr(sources, ranges, backup=backup, address=addr)
     assert len(header) <= size
     plan.segments.append(Segment("elfcorehdr", addr, align_up(size, PAGE_SIZE), header))
     exclude = [s.range for s in plan.segments if s.role in ("elfcorehdr", "backup")]

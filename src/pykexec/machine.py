@@ -147,7 +147,14 @@ def parse_lockdown(text: str | None) -> str:
 
 
 def probe() -> Machine:
-    """Describe the running machine from /proc and /sys."""
+    """Describe the running machine from /proc and /sys, or from Xen in a PV dom0 (whose
+    /proc/iomem shows pseudo-physical memory, neither the machine's RAM nor the crash
+    area)."""
+    if (_read("/sys/hypervisor/type") or "").strip() == "xen":
+        from pykexec.backends import xen
+
+        if xen.xen_pv_dom0():
+            return probe_xen_dom0()
     iomem = _read("/proc/iomem")
     if iomem is None:
         raise MachineError("cannot read /proc/iomem: is /proc mounted?")
@@ -178,6 +185,50 @@ def secure_boot_enabled(boot_params: bytes | None) -> bool:
         return boot_params[0x1EC] == 3
     var = _read_bytes("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
     return bool(var) and var[-1] == 1
+
+
+def probe_xen_dom0() -> Machine:
+    """The machine as Xen describes it to its PV dom0 through kexec_op and memory_op."""
+    from pykexec.backends.xen import XenKexec
+    from pykexec.crash import DumpSources
+
+    with XenKexec.open() as x:
+        memory = MemoryMap(Region(Range.sized(e.start, e.size), MemType.from_e820(e.type))
+                           for e in x.machine_memory_map() if e.size)
+        area = x.crash_area()
+        crash_kernel = area.range() if area.size else None
+        image = x.xen_image_range()
+        major, minor, extra = x.xen_version()
+        notes = x.cpu_notes() if crash_kernel else []
+        dump = None
+        if crash_kernel:
+            vmcoreinfo = x.vmcoreinfo_range()
+            dump = DumpSources(cpu_notes=tuple(Range.sized(n.start, n.size) for n in notes if n.size),
+                               vmcoreinfo=vmcoreinfo.range() if vmcoreinfo.size else None,
+                               kernel_release=f"xen-{major}.{minor}{extra}",
+                               extra_notes=_dom0_vmcoreinfo(), xen_phys_start=x.xen_phys_start())
+    boot_params = _read_bytes("/sys/kernel/boot_params/data")
+    return Machine(
+        memory=memory,
+        crash_kernel=crash_kernel,
+        cmdline=(_read("/proc/cmdline") or "").strip(),
+        lockdown=parse_lockdown(_read("/sys/kernel/security/lockdown")),
+        xen=XenInfo(version=f"{major}.{minor}{extra}", xen_start=image.start, xen_end=image.start + image.size - 1,
+                    cpus=len(notes) or None),
+        dump=dump,
+        source="this machine (Xen dom0)",
+        secure_boot=secure_boot_enabled(boot_params),
+    )
+
+
+def _dom0_vmcoreinfo() -> tuple[Range, ...]:
+    """Dom0's own VMCOREINFO note (a PV kernel reports its machine address), so that the
+    dump can later yield dom0's log too."""
+    try:
+        addr_s, size_s = (_read("/sys/kernel/vmcoreinfo") or "").split()[:2]
+        return (Range.sized(int(addr_s, 16), int(size_s, 16)),)
+    except ValueError:
+        return ()
 
 
 def _probe_dump() -> "DumpSources":

@@ -15,6 +15,7 @@ from pykexec.memory import PAGE_SIZE, Range
 
 BACKEND_KEXEC_LOAD = "kexec_load"
 BACKEND_KEXEC_FILE_LOAD = "kexec_file_load"
+BACKEND_XEN = "xen_kexec_op"  # in a Xen PV dom0: the kexec_op hypercall
 
 
 class Segment:

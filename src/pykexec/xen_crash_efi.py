@@ -23,10 +23,9 @@ from pykexec.errors import ImageFormatError, PlacementError, PlanError
 from pykexec.images import LoadRequest, bzimage
 from pykexec.layouts import boot_params as bp
 from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
-from pykexec.plan import LoadPlan, Segment
+from pykexec.plan import BACKEND_XEN, LoadPlan, Segment
 
 KEXEC_TYPE_CRASH_EFI = 3
-BACKEND_XEN = "xen_kexec_op"
 MIN_PROTOCOL = 0x0202
 ALIGN_UNIT = 2 * MiB
 ALIGN_MAX = 16 * MiB

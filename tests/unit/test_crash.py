@@ -12,7 +12,7 @@ from pykexec.errors import PlacementError
 from pykexec.images import LoadRequest, bzimage
 from pykexec.memory import MemType, Range
 
-from conftest import MACHINE_1G, make_bzimage
+from synth_images import MACHINE_1G, make_bzimage
 
 CRASH = Range(0x2C000000, 0x3C000000)
 SOURCES = crash.DumpSources(cpu_notes=(Range.sized(0x3FC1D000, 0x400), Range.sized(0x3FC5D000, 0x400)),
@@ -137,3 +137,27 @@ def test_crash_region_too_small_says_how_much():
                       initrd=b"i" * (8 << 20), crash=True)
     with pytest.raises(PlacementError, match=r"holds 32 MiB.*need 41 MiB: reserve more with crashkernel="):
         bzimage.plan(req)
+
+
+def test_xen_elfcorehdr_carries_dom0_vmcoreinfo_and_xen_phys_start():
+    from pykexec.layouts import elf as E
+
+    xen = crash.DumpSources(cpu_notes=(Range.sized(0x789C0780, 500), Range.sized(0x7FFCF180, 404)),
+                            vmcoreinfo=Range.sized(0x7FD7C540, 0x1000),
+                            extra_notes=(Range.sized(0x12345000, 0x1000),), xen_phys_start=0x7F800000)
+    assert xen.needs_backup  # Xen keeps its trampoline in low memory
+    addr = 0x4FFF0000
+    ranges = [Range(0x100000, 0x40000000)]
+    hdr = crash.build_elfcorehdr(xen, ranges, address=addr)
+    assert len(hdr) == crash.elfcorehdr_size(xen, ranges, False)
+    ph = phdrs(hdr)
+    notes = [p for p in ph if p[0] == 4]
+    assert [(p[2], p[5]) for p in notes[:4]] == [(0x789C0780, 500), (0x7FFCF180, 404), (0x7FD7C540, 0x1000),
+                                                  (0x12345000, 0x1000)]
+    # our own note sits inside this very segment, right after the program headers
+    own = notes[4]
+    assert ph[-1] == own and own[2] == own[4] == addr + 64 + 56 * len(ph)
+    body = hdr[own[2] - addr:own[2] - addr + own[5]]
+    (note,) = list(E.iter_notes(body))
+    assert note == (b"PYKEXEC", E.NT_PYKEXEC_XEN_PHYS_START, (0x7F800000).to_bytes(8, "little"))
+    assert not any(p[0] == 1 and p[3] >= 0xFFFFFFFF80000000 for p in ph)  # no kernel image under Xen

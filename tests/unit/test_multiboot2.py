@@ -18,7 +18,7 @@ from pykexec.images import LoadRequest, Module, multiboot2, multiboot_common
 from pykexec.layouts import multiboot2 as mb2
 from pykexec.plan import validate
 
-from conftest import MACHINE_1G, make_elf_vmlinux
+from synth_images import MACHINE_1G, make_elf_vmlinux
 from multiboot_synth import XEN_LINK, elf32, htag, image_body, mb2_elf, mb2_header, rsdp_v2, xen_like
 
 MACHINE = machine_mod.from_dict(MACHINE_1G)

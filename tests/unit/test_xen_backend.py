@@ -106,7 +106,7 @@ def test_low_memory_fill_covers_the_gaps_only() -> None:
     assert [(f.dest_maddr, f.dest_size) for f in fill] == [(0, 0x1000), (0x3000, 0x9C000), (0xA0000, 0x60000)]
     assert all(f.buf is None and f.buf_size == 0 and f.role == X.LOW_MEMORY_ROLE for f in fill)
     full = X.with_low_memory_mapped(segs)
-    assert [s.dest_maddr for s in full] == sorted(s.dest_maddr for s in full)
+    assert full == segs + fill  # the caller's order kept (segment 0 matters for CRASH_EFI)
     covered = sum(s.dest_size for s in full if s.dest_maddr < MiB)
     assert covered == MiB
     X.check_load(L.KEXEC_TYPE_DEFAULT, EM_X86_64, full, 0x41000000)  # no overlap introduced
@@ -340,8 +340,8 @@ def test_load_marshals_every_byte(xen: X.XenKexec, fake: FakeXen) -> None:
     xen.load(L.KEXEC_TYPE_CRASH, X.ARCH_PURGATORY, segs, 0x4F000000)
     (got,) = fake.loads
     assert (got["type"], got["arch"], got["entry"]) == (1, 62, 0x4F000000)
-    assert got["segments"] == [(None, 0, 0, MiB), (kernel, len(kernel), 0x41000000, 0x400000),
-                               (purg, len(purg), 0x4F000000, 0x2000)]
+    assert got["segments"] == [(kernel, len(kernel), 0x41000000, 0x400000),
+                               (purg, len(purg), 0x4F000000, 0x2000), (None, 0, 0, MiB)]
     assert xen.is_loaded(L.KEXEC_TYPE_CRASH) is True
 
 

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import make_bzimage  # noqa: E402
+from synth_images import make_bzimage  # noqa: E402
 from pykexec import cli, xen_crash_efi  # noqa: E402
 from pykexec import machine as machine_mod  # noqa: E402
 from pykexec.errors import ImageFormatError, PlanError  # noqa: E402

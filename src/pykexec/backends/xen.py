@@ -141,8 +141,9 @@ class XenSegment(namedtuple("XenSegment", "buf buf_size dest_maddr dest_size rol
 
 
 def segments_from_plan(plan: LoadPlan) -> list[XenSegment]:
-    """The plan's segments as Xen segments (sorted by address; roles kept)."""
-    return [XenSegment(bytes(s.data), len(s.data), s.mem, s.memsz, s.role) for s in plan.sorted_segments()]
+    """The plan's segments as Xen segments, in the plan's order (for CRASH_EFI segment 0
+    must be the bzImage), roles kept."""
+    return [XenSegment(bytes(s.data), len(s.data), s.mem, s.memsz, s.role) for s in plan.segments]
 
 
 def type_name(type_: int) -> str:
@@ -479,8 +480,8 @@ def low_memory_fill(segments: Iterable[XenSegment]) -> list[XenSegment]:
 
 
 def with_low_memory_mapped(segments: Sequence[XenSegment]) -> list[XenSegment]:
-    """``segments`` plus :func:`low_memory_fill`'s, sorted by address."""
-    return sorted([*segments, *low_memory_fill(segments)], key=lambda s: s.dest_maddr)
+    """``segments``, in their order, then :func:`low_memory_fill`'s."""
+    return [*segments, *low_memory_fill(segments)]
 
 
 def crash_pages_needed(segments: Sequence[XenSegment]) -> int:
@@ -745,7 +746,7 @@ class XenKexec:
         if check:
             crash_area = self.crash_area() if type_ in (abi.KEXEC_TYPE_CRASH, abi.KEXEC_TYPE_CRASH_EFI) else None
             check_load(type_, arch, segments, entry, crash_area)
-        segs = sorted(segments, key=lambda s: s.dest_maddr)
+        segs = list(segments)  # in the caller's order: segment 0 can matter (CRASH_EFI)
         data_buffers: list[HypercallBuffer] = []
         try:
             array = (abi.XenKexecSegment * len(segs))()

@@ -58,6 +58,10 @@ NT_TASKSTRUCT = 4
 NT_AUXV = 6
 #: n_type of the "VMCOREINFO" note (and of Xen's "VMCOREINFO_XEN").
 NT_VMCOREINFO = 0
+#: pykexec's own note in a Xen elfcorehdr: the hypervisor's physical start (u64), for
+#: dump tools when Xen's crash-info note is too old to carry it.
+PYKEXEC_NOTE_NAME = b"PYKEXEC"
+NT_PYKEXEC_XEN_PHYS_START = 1
 
 
 class Elf64_Ehdr(ctypes.LittleEndianStructure):
