@@ -44,3 +44,28 @@ def test_info_errors(tmp_path: Path, capsys):
     assert cli.main(["info", "--bogus", "x"]) == 2
     assert cli.main(["info", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_info_xen_section(tmp_path: Path, capsys):
+    import struct
+
+    from pykexec.layouts import xen as X
+
+    crash_info = struct.pack("<10Q", 4, 17, 0x7FD00000, 0, 0, 0, 0, 0, 0x7F800000, 0x12345000)
+    notes = (E.pack_note(b"Xen", X.XEN_ELFNOTE_CRASH_INFO, crash_info)
+             + E.pack_note(b"VMCOREINFO_XEN", 0, b"XEN_VERSION_MAJOR=4\nXEN_VERSION_MINOR=17\n")
+             + E.pack_note(E.PYKEXEC_NOTE_NAME, E.NT_PYKEXEC_XEN_PHYS_START, struct.pack("<Q", 0x7F800000)))
+    core = write_core(tmp_path / "core", Memory.standard(), "\n".join(base_vmcoreinfo()) + "\n", extra_notes=notes)
+    assert cli.main(["info", "--json", str(core)]) == 0
+    xen = json.loads(capsys.readouterr().out)["xen"]
+    assert xen["version"] == "4.17" and xen["xen_phys_start"] == "0x7f800000"
+    assert xen["xen_phys_start_from"] == "xen crash info" and xen["xen_phys_start_at_load"] == "0x7f800000"
+    assert xen["dom0_p2m_root"] == "0x12345000" and xen["vmcoreinfo"]["XEN_VERSION_MINOR"] == "17"
+    # an old Xen (64-byte crash info): xen_phys_start comes from our note
+    old = E.pack_note(b"Xen", X.XEN_ELFNOTE_CRASH_INFO, crash_info[:64]) + notes[len(
+        E.pack_note(b"Xen", X.XEN_ELFNOTE_CRASH_INFO, crash_info)):]
+    core = write_core(tmp_path / "old", Memory.standard(), "\n".join(base_vmcoreinfo()) + "\n", extra_notes=old)
+    assert cli.main(["info", "--json", str(core)]) == 0
+    xen = json.loads(capsys.readouterr().out)["xen"]
+    assert xen["xen_phys_start"] == "0x7f800000" and xen["xen_phys_start_from"] == "pykexec note (load time)"
+    assert "dom0_p2m_root" not in xen

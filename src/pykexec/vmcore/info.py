@@ -30,6 +30,39 @@ def cpu_states(core: ElfCore) -> list[dict[str, object]]:
     return cpus
 
 
+def xen_info(core: ElfCore) -> dict[str, object] | None:
+    """The hypervisor's crash information, for dumps of a Xen machine: Xen's crash-info
+    note (version, xen_phys_start, dom0's p2m root), pykexec's own xen_phys_start note
+    (for Xens whose crash info lacks it), and VMCOREINFO_XEN."""
+    from pykexec.layouts import xen as X
+
+    out: dict[str, object] = {}
+    for note in core.notes:
+        if note.name == b"Xen" and note.type == X.XEN_ELFNOTE_CRASH_INFO and "version" not in out:
+            try:
+                ci = X.parse_crash_xen_info(note.desc)
+            except ValueError:
+                continue
+            out["version"] = f"{ci.major}.{ci.minor}"
+            out["tainted"] = ci.tainted
+            if ci.xen_phys_start is not None:
+                out["xen_phys_start"] = f"{ci.xen_phys_start:#x}"
+                out["xen_phys_start_from"] = "xen crash info"
+            if ci.dom0_p2m_root is not None:
+                out["dom0_p2m_root"] = f"{ci.dom0_p2m_root:#x}"
+        elif note.name == E.PYKEXEC_NOTE_NAME and note.type == E.NT_PYKEXEC_XEN_PHYS_START \
+                and len(note.desc) >= 8:
+            value = int.from_bytes(note.desc[:8], "little")
+            out["xen_phys_start_at_load"] = f"{value:#x}"
+            out.setdefault("xen_phys_start", f"{value:#x}")
+            out.setdefault("xen_phys_start_from", "pykexec note (load time)")
+        elif note.name == b"VMCOREINFO_XEN" and note.type == E.NT_VMCOREINFO:
+            from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+            out["vmcoreinfo"] = dict(VmcoreInfo(note.desc).entries)
+    return out or None
+
+
 def describe(core: ElfCore) -> dict[str, object]:
     """The whole description, as ``--json`` prints it."""
     info: dict[str, object] = {
@@ -46,6 +79,9 @@ def describe(core: ElfCore) -> dict[str, object]:
         info["vmcoreinfo"] = dict(core.vmcoreinfo.entries)
         info["osrelease"] = core.vmcoreinfo.osrelease
         info["crashtime"] = core.vmcoreinfo.crashtime
+    xen = xen_info(core)
+    if xen is not None:
+        info["xen"] = xen
     return info
 
 
@@ -67,7 +103,7 @@ def render_text(info: dict[str, object]) -> str:
                      f"rsp {regs.get('rsp', '?')} rbp {regs.get('rbp', '?')}")
     xen = info.get("xen")
     if isinstance(xen, dict):
-        lines.append("xen: " + ", ".join(f"{k} {v}" for k, v in xen.items()))
+        lines.append("xen: " + ", ".join(f"{k} {v}" for k, v in xen.items() if k != "vmcoreinfo"))
     vmcoreinfo = info.get("vmcoreinfo")
     if isinstance(vmcoreinfo, dict):
         lines.append(f"vmcoreinfo: {len(vmcoreinfo)} keys")
