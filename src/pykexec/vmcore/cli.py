@@ -21,6 +21,7 @@ from pykexec.errors import KexecError, UsageError
 USAGE = """\
 usage: pykexec vmcore dmesg [options] PATH
        pykexec vmcore info [--json] PATH
+       pykexec vmcore save [--compress zstd|zlib|none] [-d LEVEL] [--force] SRC DST
 
 Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
 Output matches kexec-tools' vmcore-dmesg unless an option changes it.
@@ -148,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             sys.stdout.write(out)
             return 0
+        if argv[0] == "save":
+            from pykexec.vmcore.save import main as save_main
+
+            return save_main(argv[1:])
         if argv[0] != "dmesg":
-            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg or info)")
+            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg, info or save)")
         opts = parse_dmesg_args(argv[1:])
         if opts is None:
             sys.stdout.write(USAGE)

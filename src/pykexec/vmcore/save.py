@@ -1,0 +1,782 @@
+"""``pykexec vmcore save SRC DST``: stream an ELF dump to makedumpfile's kdump-compressed format.
+
+What is left out (makedumpfile's dump levels, ``-d``):
+
+* bit 1, zero pages: found while copying; as makedumpfile does, they stay
+  in the 2nd bitmap and their descriptors all point at one zero page
+  written first, so they still read back as zeros;
+* bit 16, free pages: buddy-allocator blocks, found before copying from the
+  crashed kernel's ``struct page`` array (VMCOREINFO: ``SYMBOL(mem_section)``,
+  ``SIZE(page)``, ``OFFSET(page._mapcount)``, ``OFFSET(page.private)``,
+  ``NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)``, reached through the kernel's page
+  tables).  A block's head page has ``_mapcount`` (``page_type``) equal to
+  that number (2.6.38+ encoding, including 6.12's ``PGTY_buddy << 24``) and
+  ``1 << page.private`` pages.  Kernels without these keys are saved with
+  zero pages excluded only, with a one-line notice.
+
+Pages are read with ``pread`` (not mmap: a bad page of ``/proc/vmcore``
+must become an error, not SIGBUS), 4 MiB at a time; whole-chunk and
+per-page zero tests are ``memcmp`` (``bytearray.startswith``).  Pages are
+compressed one by one (zstd level 1 or zlib level 1, as makedumpfile's
+``-z``/``-c``), in worker threads when there is more than one CPU (both
+release the GIL); a page that does not shrink is stored raw.
+
+Crash safety: the header says ``DUMP_DH_COMPRESSED_INCOMPLETE`` from the
+first write and is rewritten without it only after everything else is on
+disk (``fdatasync``), so a dump cut short by a read error, a full disk or a
+power cut is still flagged as makedumpfile flags one.  Descriptors of pages
+never reached stay zero.  DST is written in place (no temporary name):
+whatever was saved stays useful.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import sys
+import time
+import zlib
+
+from pykexec.errors import UsageError
+from pykexec.layouts import kdump as L
+from pykexec.layouts.elf import NT_PRSTATUS
+from pykexec.vmcore import VmcoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from pykexec.vmcore.elfcore import ElfCore, Load
+    from pykexec.vmcore.kdump import PageTables
+    from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+#: Pages read, tested and compressed per round (4 MiB of 4 KiB pages).
+CHUNK_PAGES = 1024
+#: Default dump level: zero pages and free pages.
+DEFAULT_DUMP_LEVEL = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
+SUPPORTED_LEVEL_BITS = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
+COMPRESSIONS = ("zstd", "zlib", "none")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+
+class SaveResult:
+    """What :func:`save` did (a plain class: dataclasses is slow to import)."""
+
+    def __init__(self) -> None:
+        self.ram_pages = 0        # pages in the 1st bitmap
+        self.free_pages = 0       # excluded as free (0 if not looked for)
+        self.free_note = ""       # why free pages were not excluded, if they were not
+        self.saved_pages = 0      # descriptors written
+        self.zero_pages = 0       # of those, pointing at the shared zero page
+        self.raw_pages = 0        # stored uncompressed
+        self.read_bytes = 0
+        self.out_bytes = 0
+        self.seconds = 0.0
+        self.incomplete = ""      # why the dump is incomplete; "" if complete
+
+
+# -- the physical memory of the source ---------------------------------------------------------
+
+class Run:
+    """Pages ``[pfn, end)`` of one PT_LOAD.  Page ``p`` is at file offset
+    ``base + p * page_size``; the segment's bytes are ``[lo, full)`` of the
+    file (zeros outside: partial pages at the edges), of which ``[lo, hi)``
+    exist (``hi < full``: the file is truncated)."""
+
+    __slots__ = ("pfn", "end", "base", "lo", "hi", "full")
+
+    def __init__(self, pfn: int, end: int, base: int, lo: int, hi: int, full: int) -> None:
+        self.pfn, self.end, self.base, self.lo, self.hi, self.full = pfn, end, base, lo, hi, full
+
+
+def ram_runs(loads: Sequence[Load], page: int) -> list[Run]:
+    """The dump's physical pages, by pfn, each from the first PT_LOAD that holds it.
+
+    x86_64 cores list the kernel text twice (its own PT_LOAD, and inside a
+    RAM one); later duplicates are dropped.  Pages wholly past ``p_filesz``
+    (excluded by an earlier filter) are not RAM we have, so not listed.
+    """
+    pieces: list[Run] = []
+    for seg in loads:
+        if seg.filesz == 0:
+            continue
+        pfn = seg.paddr // page
+        end = -(-(seg.paddr + seg.filesz) // page)
+        base = seg.offset - seg.paddr  # file offset of physical address 0, for this segment
+        pieces.append(Run(pfn, end, base, seg.offset, seg.offset + seg.avail, seg.offset + seg.filesz))
+    pieces.sort(key=lambda r: r.pfn)
+    out: list[Run] = []
+    covered = 0
+    for r in pieces:
+        if r.end <= covered:
+            continue
+        if r.pfn < covered:
+            r.pfn = covered
+        out.append(r)
+        covered = r.end
+    return out
+
+
+def subtract(runs: Sequence[tuple[int, int]], holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted half-open ``runs`` minus sorted, merged ``holes``."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    for start, end in runs:
+        while i < len(holes) and holes[i][1] <= start:
+            i += 1
+        j = i
+        while start < end:
+            if j >= len(holes) or holes[j][0] >= end:
+                out.append((start, end))
+                break
+            hs, he = holes[j]
+            if hs > start:
+                out.append((start, hs))
+            start = max(start, he)
+            j += 1
+    return out
+
+
+def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    ranges.sort()
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def set_bits(bitmap: bytearray, start: int, end: int) -> None:
+    """Set bits ``[start, end)`` (bit ``pfn % 8`` of byte ``pfn // 8``)."""
+    while start < end and start & 7:
+        bitmap[start >> 3] |= 1 << (start & 7)
+        start += 1
+    full = (end - start) >> 3
+    if full > 0:
+        bitmap[start >> 3:(start >> 3) + full] = b"\xff" * full
+        start += full << 3
+    while start < end:
+        bitmap[start >> 3] |= 1 << (start & 7)
+        start += 1
+
+
+# -- free pages ----------------------------------------------------------------------------
+
+class FreePagesUnavailable(Exception):
+    """VMCOREINFO or the dump lacks what the buddy walk needs; the message says what."""
+
+
+def find_free_pages(info: VmcoreInfo, tables: PageTables,
+                    ram: Sequence[tuple[int, int]], page: int) -> list[tuple[int, int]]:
+    """Merged pfn ranges of free buddy blocks within ``ram``.
+
+    Walks SPARSEMEM sections (``mem_section``, EXTREME or not): for each
+    present section with a mem_map, reads the ``struct page`` array of the
+    RAM pfns in it and looks for the buddy marker in ``_mapcount`` with
+    ``bytes.find`` (only block heads carry it, so hits are few).  Parts of
+    the array that are not mapped are skipped: those pages are kept.
+    """
+    need = ("SYMBOL(mem_section)", "SIZE(page)", "OFFSET(page._mapcount)", "OFFSET(page.private)",
+            "NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)", "NUMBER(SECTION_SIZE_BITS)", "SIZE(mem_section)",
+            "OFFSET(mem_section.section_mem_map)", "LENGTH(mem_section)", "NUMBER(MAX_PHYSMEM_BITS)")
+    missing = [k for k in need if k not in info]
+    if missing:
+        raise FreePagesUnavailable(f"VMCOREINFO has no {missing[0]}")
+    size_page = info.size("page")
+    off_mapcount = info.offset("page._mapcount")
+    off_private = info.offset("page.private")
+    marker = _I32.pack(info.number("PAGE_BUDDY_MAPCOUNT_VALUE") & 0xFFFFFFFF
+                       if info.number("PAGE_BUDDY_MAPCOUNT_VALUE") >= 0
+                       else info.number("PAGE_BUDDY_MAPCOUNT_VALUE"))
+    max_order = info.length("zone.free_area") - 1 if "LENGTH(zone.free_area)" in info else 10
+    page_shift = page.bit_length() - 1
+    pfn_shift = info.number("SECTION_SIZE_BITS") - page_shift  # pfns per section = 1 << pfn_shift
+    size_ms = info.size("mem_section")
+    off_smm = info.offset("mem_section.section_mem_map")
+    nr_sections = 1 << (info.number("MAX_PHYSMEM_BITS") - info.number("SECTION_SIZE_BITS"))
+    per_root = page // size_ms
+    roots = info.length("mem_section")
+    extreme = roots * per_root == nr_sections  # else: a flat array of nr_sections structs
+    if not extreme and roots != nr_sections:
+        raise FreePagesUnavailable(f"LENGTH(mem_section)={roots} matches neither SPARSEMEM layout")
+    mem_section = info.symbol("mem_section")
+
+    root_cache: dict[int, int] = {}
+
+    def section_mem_map(nr: int) -> int:
+        if extreme:
+            root = root_cache.get(nr // per_root)
+            if root is None:
+                root = root_cache[nr // per_root] = _U64.unpack(tables.read(mem_section + 8 * (nr // per_root), 8))[0]
+            if root == 0:
+                return 0
+            addr = root + (nr % per_root) * size_ms + off_smm
+        else:
+            addr = mem_section + nr * size_ms + off_smm
+        return int(_U64.unpack(tables.read(addr, 8))[0])
+
+    free: list[tuple[int, int]] = []
+    for start, end in ram:
+        pfn = start
+        while pfn < end:
+            nr = pfn >> pfn_shift
+            stop = min(end, (nr + 1) << pfn_shift)
+            try:
+                smm = section_mem_map(nr)
+            except VmcoreError:
+                smm = 0
+            # SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP; the encoded mem_map
+            # (mem_map - section_start_pfn * SIZE(page)) is page aligned, so the
+            # flag bits (at most 6 of them, kernel-dependent) are below bit 12.
+            if smm & 3 == 3:
+                _scan(tables, (smm & ~0xFFF) & 0xFFFFFFFFFFFFFFFF, pfn, stop, size_page,
+                      off_mapcount, off_private, marker, max_order, free)
+            pfn = stop
+    return merge(free)
+
+
+def _scan(tables: PageTables, mem_map: int, pfn: int, stop: int, size_page: int, off_mapcount: int,
+          off_private: int, marker: bytes, max_order: int, free: list[tuple[int, int]]) -> None:
+    """Find buddy heads among ``struct page`` of ``[pfn, stop)``, mapping by mapping."""
+    va = mem_map + pfn * size_page
+    end_va = mem_map + stop * size_page
+    while va < end_va:
+        try:
+            _pa, left = tables.translate(va)
+        except VmcoreError:
+            va = (va | 0xFFF) + 1  # unmapped page of the array: keep those pages
+            continue
+        n = min(left, end_va - va)
+        # Whole struct pages only: round the window to a struct boundary.
+        first = va - (va - mem_map) % size_page
+        if first < va:
+            first += size_page
+        last = va + n
+        last -= (last - mem_map) % size_page
+        if last > first:
+            try:
+                buf = tables.read(first, last - first)
+            except VmcoreError:
+                buf = b""
+            base_pfn = (first - mem_map) // size_page
+            pos = buf.find(marker, off_mapcount)
+            while pos >= 0:
+                rel = pos - off_mapcount
+                if rel % size_page == 0:
+                    order = _U64.unpack_from(buf, rel + off_private)[0]
+                    if order <= max_order:
+                        head = base_pfn + rel // size_page
+                        free.append((head, head + (1 << order)))
+                    pos = buf.find(marker, pos + 4)
+                else:
+                    pos = buf.find(marker, pos + 1)
+        va += n
+
+
+# -- compression ---------------------------------------------------------------------------
+
+def _compressor(kind: str) -> Callable[[object], bytes] | None:
+    if kind == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise VmcoreError("zstd compression needs the zstandard module (pip install zstandard), "
+                              "or use --compress zlib") from None
+        # Level 1 as makedumpfile -z; telling zstd the input is one page shrinks its
+        # tables, which makes 4 KiB frames about 1.5x faster at the same ratio.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            1, source_size=4096, write_checksum=0, write_content_size=1)
+        return zstandard.ZstdCompressor(compression_params=params).compress
+    if kind == "zlib":
+        return lambda page: zlib.compress(page, 1)
+    return None
+
+
+class _Pool:
+    """Compress lists of pages, split across worker threads when that helps.
+
+    Each worker has its own compressor (zstd contexts are not thread-safe).
+    """
+
+    def __init__(self, kind: str, threads: int) -> None:
+        self.kind = kind
+        self.threads = threads
+        self._main = _compressor(kind)
+        self._executor = None
+        if threads > 1 and self._main is not None:
+            import threading
+            from concurrent.futures import ThreadPoolExecutor
+
+            local = threading.local()
+
+            def work(pages: list[memoryview]) -> list[bytes]:
+                comp = getattr(local, "comp", None)
+                if comp is None:
+                    comp = local.comp = _compressor(kind)
+                return [comp(p) for p in pages]
+
+            self._work = work
+            self._executor = ThreadPoolExecutor(threads)
+
+    def compress(self, pages: list[memoryview]) -> list[bytes] | None:
+        if self._main is None:
+            return None
+        if self._executor is None or len(pages) < 64:
+            comp = self._main
+            return [comp(p) for p in pages]
+        step = -(-len(pages) // self.threads)
+        futures = [self._executor.submit(self._work, pages[i:i + step]) for i in range(0, len(pages), step)]
+        out: list[bytes] = []
+        for f in futures:
+            out += f.result()
+        return out
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+
+
+# -- progress ------------------------------------------------------------------------------
+
+class Progress:
+    """One stderr line, rewritten with ``\\r``: percentage and input MB/s (terminals only)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self._next = self.start + 0.25
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + 0.25
+        rate = done / max(now - self.start, 1e-6) / 1e6
+        sys.stderr.write(f"\rpykexec: saving {100 * done // self.total:3d}%  {rate:7.0f} MB/s ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+            sys.stderr.flush()
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+def _utsname(core: ElfCore, tables: PageTables | None, info: VmcoreInfo) -> L.NewUtsname:
+    """The crashed kernel's uname, from init_uts_ns (OSRELEASE alone if unreachable)."""
+    uts = L.NewUtsname()
+    raw = b""
+    if info.has_symbol("init_uts_ns"):
+        addr = info.symbol("init_uts_ns") + (info.offset("uts_namespace.name")
+                                              if "OFFSET(uts_namespace.name)" in info else 4)
+        try:
+            raw = bytes(core.read(addr, ctypes.sizeof(uts)))
+        except VmcoreError:
+            if tables is not None:
+                try:
+                    raw = tables.read(addr, ctypes.sizeof(uts))
+                except VmcoreError:
+                    raw = b""
+    if len(raw) == ctypes.sizeof(uts) and raw[:5] == b"Linux":
+        ctypes.memmove(ctypes.addressof(uts), raw, len(raw))
+    else:
+        uts.sysname = b"Linux"
+        uts.release = (info.osrelease or "").encode()[:64]
+        uts.machine = b"x86_64"
+    return uts
+
+
+def check_paths(src: str, dst: str, force: bool) -> None:
+    """Refuse DST == SRC, and an existing DST without ``force`` (UsageError)."""
+    if os.path.realpath(src) == os.path.realpath(dst):
+        raise UsageError(f"DST is the same file as SRC ({src})")
+    if os.path.lexists(dst):
+        try:
+            if os.path.samefile(src, dst):
+                raise UsageError(f"DST is the same file as SRC ({src})")
+        except OSError:
+            pass
+        if not force:
+            raise UsageError(f"{dst} exists (use --force to overwrite it)")
+        if os.path.isdir(dst):
+            raise UsageError(f"{dst} is a directory")
+
+
+def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAULT_DUMP_LEVEL,
+         force: bool = False, threads: int | None = None, progress: bool | None = None) -> SaveResult:
+    """Write ``src`` (an ELF core, e.g. /proc/vmcore) to ``dst`` in kdump-compressed format.
+
+    Returns a :class:`SaveResult`; ``result.incomplete`` is non-empty (and
+    the file flagged) if the copy stopped early.  Raises :class:`UsageError`
+    or :class:`VmcoreError` before anything is written.
+    """
+    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.kdump import PageTables
+
+    if compress not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compress!r} (expected zstd, zlib or none)")
+    if not 0 <= dump_level <= 31:
+        raise UsageError(f"dump level {dump_level} out of range (0-31)")
+    if dump_level & ~SUPPORTED_LEVEL_BITS:
+        raise UsageError(f"dump level {dump_level}: only bits 1 (zero pages) and 16 (free pages) "
+                         f"are supported, not cache or user pages (2, 4, 8)")
+    check_paths(src, dst, force)
+    pool = _Pool(compress, threads if threads is not None else min(2, os.cpu_count() or 1))
+    result = SaveResult()
+    t0 = time.monotonic()
+    with ElfCore(src) as core:
+        info = core.require_vmcoreinfo()
+        page = int(info.get("PAGESIZE") or 4096)
+        if page & (page - 1) or not 512 <= page <= 1 << 16:
+            raise VmcoreError(f"{src}: implausible PAGESIZE={page}")
+        runs = ram_runs(core.loads, page)
+        if not runs:
+            raise VmcoreError(f"{src}: no PT_LOAD with data: nothing to save")
+        ram = merge([(r.pfn, r.end) for r in runs])
+        max_mapnr = max(r.end for r in runs)
+        result.ram_pages = sum(e - s for s, e in ram)
+
+        tables: PageTables | None = None
+        try:
+            tables = PageTables(lambda a, n: core.read(a, n, physical=True), info)
+        except VmcoreError as err:
+            result.free_note = str(err)
+        free: list[tuple[int, int]] = []
+        if dump_level & L.DL_EXCLUDE_FREE:
+            if tables is not None:
+                try:
+                    free = find_free_pages(info, tables, ram, page)
+                except FreePagesUnavailable as err:
+                    result.free_note = str(err)
+                except VmcoreError as err:
+                    result.free_note = f"cannot read struct pages: {err}"
+        kept = subtract(ram, free)
+        num_kept = sum(e - s for s, e in kept)
+        result.free_pages = result.ram_pages - num_kept
+
+        # -- layout ----------------------------------------------------------------
+        bitmap_len = -(-max_mapnr // 8)
+        bitmap_len = -(-bitmap_len // page) * page
+        bitmap1 = bytearray(bitmap_len)
+        bitmap2 = bytearray(bitmap_len)
+        for s, e in ram:
+            set_bits(bitmap1, s, e)
+        for s, e in kept:
+            set_bits(bitmap2, s, e)
+        note_blob = _note_blob(core)
+        sub_size = ctypes.sizeof(L.KdumpSubHeader)
+        sub_hdr_blocks = -(-(sub_size + len(note_blob)) // page)
+        bitmap_off = page * (L.DISKDUMP_HEADER_BLOCKS + sub_hdr_blocks)
+        pd_off = bitmap_off + 2 * bitmap_len
+        data_off = pd_off + num_kept * L.PAGE_DESC_FMT.size
+
+        flag = L.COMPRESSION_FLAGS[compress]
+        hdr = L.DiskDumpHeader()
+        hdr.signature = L.KDUMP_SIGNATURE
+        hdr.header_version = L.KDUMP_HEADER_VERSION
+        hdr.utsname = _utsname(core, tables, info)
+        hdr.timestamp.tv_sec = info.crashtime or int(time.time())
+        hdr.status = flag | L.DUMP_DH_COMPRESSED_INCOMPLETE
+        hdr.block_size = page
+        hdr.sub_hdr_size = sub_hdr_blocks
+        hdr.bitmap_blocks = 2 * bitmap_len // page
+        hdr.max_mapnr = min(max_mapnr, 0xFFFFFFFF)
+        hdr.nr_cpus = sum(1 for n in core.notes if n.name == b"CORE" and n.type == NT_PRSTATUS)
+        sub = L.KdumpSubHeader()
+        sub.phys_base = info.number("phys_base") & 0xFFFFFFFFFFFFFFFF if info.has_number("phys_base") else 0
+        sub.dump_level = dump_level
+        sub.offset_note = page * L.DISKDUMP_HEADER_BLOCKS + sub_size
+        sub.size_note = len(note_blob)
+        vmci = core.vmcoreinfo.raw if core.vmcoreinfo is not None else b""
+        at = note_blob.find(vmci) if vmci else -1
+        if at >= 0:
+            sub.offset_vmcoreinfo = sub.offset_note + at
+            sub.size_vmcoreinfo = len(vmci)
+        sub.max_mapnr_64 = max_mapnr
+
+        # -- write -----------------------------------------------------------------
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+        try:
+            fd = os.open(dst, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            raise UsageError(f"{dst} exists (use --force to overwrite it)") from None
+        except OSError as err:
+            raise VmcoreError(f"{dst}: cannot create: {err.strerror}") from None
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = Progress(num_kept * page, show)
+        try:
+            try:
+                head = bytearray(bitmap_off)
+                head[:ctypes.sizeof(hdr)] = bytes(hdr)
+                head[page:page + sub_size] = bytes(sub)
+                head[page + sub_size:page + sub_size + len(note_blob)] = note_blob
+                _pwrite_all(fd, bytes(head), 0)
+                _pwrite_all(fd, bytes(bitmap1) + bytes(bitmap2), bitmap_off)
+                del bitmap1, bitmap2
+                zero_page = bytes(page)
+                _pwrite_all(fd, zero_page, data_off)  # the page every zero page points at
+            except OSError as err:
+                raise VmcoreError(f"{dst}: cannot write: {err.strerror}") from None
+            _copy_pages(core, fd, runs, kept, page, pd_off, data_off, pool, bar, result, dst,
+                        exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
+            bar.finish()
+            if not result.incomplete:
+                try:
+                    os.fdatasync(fd)
+                    hdr.status = flag
+                    _pwrite_all(fd, bytes(hdr), 0)
+                    os.fsync(fd)
+                except OSError as err:
+                    result.incomplete = f"cannot finish {dst}: {err.strerror}"
+            else:
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    pass
+            result.out_bytes = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+            pool.close()
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.pwrite(fd, mv, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        mv = mv[n:]
+        offset += n
+
+
+def _note_blob(core: ElfCore) -> bytes:
+    """The source's notes re-packed in order (what makedumpfile stores as offset_note)."""
+    from pykexec.layouts.elf import pack_note
+
+    return b"".join(pack_note(n.name, n.type, n.desc) for n in core.notes)
+
+
+def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, int]], page: int,
+                pd_off: int, data_off: int, pool: _Pool, bar: Progress, result: SaveResult,
+                dst: str, *, exclude_zero: bool) -> None:
+    """Stream every kept page: read, test for zero, compress, append; descriptors as we go.
+
+    Stops at the first read or write error, recording it in ``result.incomplete``.
+    """
+    pd = L.PAGE_DESC_FMT
+    flag = L.COMPRESSION_FLAGS[pool.kind]
+    zero_desc = pd.pack(data_off, page, 0, 0)
+    raw_size = page
+    out_pos = data_off + page
+    pd_index = 0
+    done = 0
+    zero_page = bytes(page)
+    buf = bytearray(CHUNK_PAGES * page)
+    zero_chunk = bytes(len(buf))
+    src_fd = os.open(core.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    ri = 0
+    try:
+        for start, end in kept:
+            pfn = start
+            while pfn < end:
+                while runs[ri].end <= pfn:
+                    ri += 1
+                run = runs[ri]
+                n = min(end, run.end, pfn + CHUNK_PAGES) - pfn
+                nbytes = n * page
+                view = memoryview(buf)[:nbytes]
+                # -- read (zeros outside the segment: partial pages at its edges) --
+                off = run.base + pfn * page
+                lo, hi = max(off, run.lo), min(off + nbytes, run.full)
+                if lo > off or hi < off + nbytes:
+                    view[:] = zero_chunk[:nbytes]
+                if hi > run.hi:
+                    result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
+                    hi = max(lo, run.hi)  # save what is there, then stop
+                if hi > lo:
+                    try:
+                        got = os.preadv(src_fd, [view[lo - off:hi - off]], lo)
+                    except OSError as e:
+                        result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
+                        return
+                    if got != hi - lo:
+                        result.incomplete = f"{core.path} ends at offset {lo + got:#x} (truncated)"
+                        return
+                if result.incomplete:
+                    return
+                # -- zero test, compress ---------------------------------------------
+                descs = bytearray()
+                pieces: list[bytes | memoryview] = []
+                if exclude_zero and buf.startswith(zero_chunk[:nbytes] if nbytes < len(buf) else zero_chunk):
+                    descs += zero_desc * n
+                    result.zero_pages += n
+                else:
+                    pages = []
+                    kinds = []  # True: zero page
+                    for i in range(0, nbytes, page):
+                        if exclude_zero and buf.startswith(zero_page, i):
+                            kinds.append(True)
+                        else:
+                            kinds.append(False)
+                            pages.append(view[i:i + page])
+                    comp = pool.compress(pages)
+                    k = 0
+                    for is_zero in kinds:
+                        if is_zero:
+                            descs += zero_desc
+                            result.zero_pages += 1
+                            continue
+                        c = comp[k] if comp is not None else None
+                        if c is not None and len(c) < raw_size:
+                            descs += pd.pack(out_pos, len(c), flag, 0)
+                            pieces.append(c)
+                            out_pos += len(c)
+                        else:
+                            raw = pages[k]
+                            descs += pd.pack(out_pos, raw_size, 0, 0)
+                            pieces.append(raw)
+                            out_pos += raw_size
+                            result.raw_pages += 1
+                        k += 1
+                # -- write data, then the descriptors that point at it ----------------
+                try:
+                    if pieces:
+                        data = b"".join(pieces)
+                        _pwrite_all(fd, data, out_pos - len(data))
+                    _pwrite_all(fd, descs, pd_off + pd_index * pd.size)
+                except OSError as e:
+                    result.incomplete = f"cannot write {dst}: {e.strerror}"
+                    return
+                pd_index += n
+                result.saved_pages = pd_index
+                done += nbytes
+                result.read_bytes = done
+                bar.update(done)
+                pfn += n
+    finally:
+        os.close(src_fd)
+
+
+def summary(result: SaveResult, dst: str) -> str:
+    """The one line printed when a save completes."""
+    mb = 1e6
+    rate = result.read_bytes / max(result.seconds, 1e-6) / mb
+    free = f", {result.free_pages} free excluded" if result.free_pages else ""
+    return (f"pykexec: saved {dst}: {result.saved_pages} of {result.ram_pages} pages "
+            f"({result.zero_pages} zero{free}), {result.out_bytes / mb:.1f} MB "
+            f"in {result.seconds:.2f} s ({rate:.0f} MB/s)\n")
+
+
+SAVE_USAGE = """\
+usage: pykexec vmcore save [options] SRC DST
+
+Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
+kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
+Zero pages and free pages are left out; every other page is compressed.
+
+options:
+  --compress KIND   zstd (default), zlib (readable by older makedumpfile/crash
+                    builds without zstd) or none
+  -d, --dump-level N
+                    makedumpfile's dump level; bits 1 (zero pages) and 16 (free
+                    pages) are supported; default 17, 0 keeps every page
+  --threads N       compression threads (default: 2 if there are 2+ CPUs)
+  -f, --force       overwrite DST if it exists
+  -h, --help        show this help
+
+A dump that stops early (read error, full disk) is kept, flagged incomplete
+in its header as makedumpfile does, and the exit status is 1.
+"""
+
+
+def parse_args(argv: list[str]) -> dict[str, object] | None:
+    """Options of ``vmcore save`` as keyword arguments of :func:`save`; None for --help."""
+    opts: dict[str, object] = {}
+    paths: list[str] = []
+    args = list(argv)
+
+    def value(name: str, inline: str | None) -> str:
+        if inline is not None:
+            return inline
+        if not args:
+            raise UsageError(f"{name} needs a value")
+        return args.pop(0)
+
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            paths += args
+            break
+        name, eq, inline = arg.partition("=")
+        val = inline if eq else None
+        if arg in ("-h", "--help"):
+            return None
+        if name == "--compress":
+            opts["compress"] = value(name, val)
+        elif name in ("-d", "--dump-level"):
+            text = value(name, val)
+            try:
+                opts["dump_level"] = int(text, 0)
+            except ValueError:
+                raise UsageError(f"{name} needs a number, not {text!r}") from None
+        elif name == "--threads":
+            text = value(name, val)
+            if not text.isdigit() or int(text) < 1:
+                raise UsageError(f"--threads needs a positive number, not {text!r}")
+            opts["threads"] = int(text)
+        elif arg in ("-f", "--force"):
+            opts["force"] = True
+        elif arg.startswith("-d") and len(arg) > 2:
+            args.insert(0, arg[2:])
+            args.insert(0, "-d")
+        elif arg.startswith("-") and arg != "-":
+            raise UsageError(f"unknown option {arg}")
+        else:
+            paths.append(arg)
+    if len(paths) != 2:
+        raise UsageError("expected SRC and DST")
+    opts["src"], opts["dst"] = paths
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    """``pykexec vmcore save ...``; returns the exit status (one line on stderr on failure)."""
+    from pykexec.errors import KexecError
+
+    try:
+        opts = parse_args(argv)
+        if opts is None:
+            sys.stdout.write(SAVE_USAGE)
+            return 0
+        result = save(**opts)  # type: ignore[arg-type]
+    except KexecError as err:
+        sys.stderr.write(f"pykexec: {err}\n")
+        if isinstance(err, UsageError):
+            sys.stderr.write("usage: pykexec vmcore save [--compress zstd|zlib|none] [-d LEVEL] "
+                             "[--force] SRC DST\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
+        return 130
+    dst = str(opts["dst"])
+    if result.free_note and int(opts.get("dump_level", DEFAULT_DUMP_LEVEL)) & L.DL_EXCLUDE_FREE:  # type: ignore[call-overload]
+        sys.stderr.write(f"pykexec: free pages kept: {result.free_note}\n")
+    if result.incomplete:
+        sys.stderr.write(f"pykexec: {dst} is INCOMPLETE ({result.saved_pages} of "
+                         f"{result.ram_pages - result.free_pages} pages saved): {result.incomplete}\n")
+        return 1
+    if sys.stderr.isatty():
+        sys.stderr.write(summary(result, dst))
+    return 0
