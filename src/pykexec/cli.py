@@ -45,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pykexec", add_help=False,
                 usage="pykexec [-l|-p|-e|-u|-S] [options] [KERNEL]\n"
-                      "       pykexec vmcore dmesg [options] DUMP",
+                      "       pykexec vmcore {dmesg,info} [options] DUMP\n"
+                      "       pykexec doctor [--json]",
                 description="Load a new kernel and jump to it without firmware (a drop-in for kexec).")
     act = p.add_argument_group("actions")
     act.add_argument("-l", "--load", action="store_true", help="load KERNEL for a later -e")

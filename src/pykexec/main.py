@@ -11,6 +11,10 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["doctor"]:
+        from pykexec.doctor import main as doctor_main
+
+        return doctor_main(args[1:])
     if args[:1] == ["vmcore"]:
         from pykexec.vmcore.cli import main as vmcore_main
 
