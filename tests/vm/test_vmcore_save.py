@@ -134,3 +134,22 @@ def test_reader_on_makedumpfile_output(vmcore: tuple[str, Path], tmp_path: Path)
         for pfn in saved:
             page = k.read_page(pfn)
             assert page == core.read(pfn * 4096, 4096, physical=True), hex(pfn)
+
+
+def test_dmesg_and_info_read_kdump_compressed(vmcore: tuple[str, Path], tmp_path: Path) -> None:
+    """`pykexec vmcore dmesg` on our saved file and on makedumpfile's equals vmcore-dmesg
+    on the original ELF dump; `info` reads both."""
+    _, src = vmcore
+    reference = subprocess.run([_need("vmcore-dmesg"), str(src)], capture_output=True, check=True).stdout
+    ours = tmp_path / "ours.kdump"
+    theirs = tmp_path / "theirs.kdump"
+    subprocess.run([sys.executable, "-m", "pykexec", "vmcore", "save", str(src), str(ours)], check=True)
+    subprocess.run([_need("makedumpfile"), "-c", "-d", "31", str(src), str(theirs)], check=True,
+                   capture_output=True)
+    for dump in (ours, theirs):
+        out = subprocess.run([sys.executable, "-m", "pykexec", "vmcore", "dmesg", str(dump)], capture_output=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == reference, dump
+        info = subprocess.run([sys.executable, "-m", "pykexec", "vmcore", "info", "--json", str(dump)],
+                              capture_output=True, text=True, check=True).stdout
+        assert '"format": "kdump-compressed"' in info and '"osrelease"' in info

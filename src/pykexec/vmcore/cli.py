@@ -101,11 +101,11 @@ def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
 
 def dmesg(opts: DmesgOptions) -> bytes:
     """The text ``vmcore dmesg`` prints for ``opts``."""
-    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.kdump import open_dump
     from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
-    with ElfCore(opts.path) as core:
+    with open_dump(opts.path) as core:
         log = read_log(core)
         boot = boot_time(log, core.require_vmcoreinfo().crashtime) if opts.ctime else None
         return format_log(log, levels=levels, decode=opts.decode, boot=boot,
@@ -115,7 +115,7 @@ def dmesg(opts: DmesgOptions) -> bytes:
 def info(argv: list[str]) -> str | None:
     """The text ``vmcore info [--json] PATH`` prints; None when help was asked for."""
     from pykexec.vmcore import info as info_mod
-    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.kdump import open_dump
 
     if any(a in ("-h", "--help") for a in argv):
         return None
@@ -126,7 +126,7 @@ def info(argv: list[str]) -> str | None:
         raise UsageError(f"unknown option {unknown[0]}")
     if len(rest) != 1:
         raise UsageError("expected exactly one dump file (PATH)")
-    with ElfCore(rest[0]) as core:
+    with open_dump(rest[0]) as core:
         description = info_mod.describe(core)
     if as_json:
         import json

@@ -67,10 +67,10 @@ def describe(core: ElfCore) -> dict[str, object]:
     """The whole description, as ``--json`` prints it."""
     info: dict[str, object] = {
         "file": core.path,
-        "format": "elf64",
+        "format": getattr(core, "format", "elf64"),
         "machine": EM_NAMES.get(core.machine, str(core.machine)),
         "loads": len(core.loads),
-        "memory_bytes": sum(ld.memsz for ld in core.loads),
+        "memory_bytes": getattr(core, "memory_bytes", None) or sum(ld.memsz for ld in core.loads),
         "notes": [{"name": n.name.decode("ascii", "replace"), "type": f"{n.type:#x}", "size": len(n.desc)}
                   for n in core.notes],
         "cpus": cpu_states(core),
@@ -86,7 +86,7 @@ def describe(core: ElfCore) -> dict[str, object]:
 
 
 def render_text(info: dict[str, object]) -> str:
-    lines = [f"{info['file']}: ELF64 {info['machine']} core, {info['loads']} PT_LOADs, "
+    lines = [f"{info['file']}: {info['format']} {info['machine']} dump, {info['loads']} PT_LOADs, "
              f"{int(info['memory_bytes']) >> 20} MiB of memory"]  # type: ignore[call-overload]
     if info.get("osrelease"):
         lines.append(f"kernel: {info['osrelease']}, crash time {info.get('crashtime')}")

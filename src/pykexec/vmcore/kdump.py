@@ -23,6 +23,10 @@ from pykexec.layouts.elf import NT_VMCOREINFO, NoteFormatError, iter_notes
 from pykexec.vmcore import VmcoreError
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from pykexec.vmcore.elfcore import ElfCore
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -279,3 +283,72 @@ class KdumpFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class KdumpCore:
+    """A kdump-compressed file behind the interface the log and info readers use on
+    ELF cores (:class:`~pykexec.vmcore.elfcore.ElfCore`): ``read``/``u32``/``u64`` by
+    kernel virtual address (through the dump's own page tables) or physical address."""
+
+    format = "kdump-compressed"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._file = KdumpFile(path)
+        self.path = self._file.path
+        self.notes = self._file.notes
+        self.vmcoreinfo = self._file.vmcoreinfo
+        self.loads: list[object] = []  # no program headers in this format
+        machine = bytes(self._file.header.utsname.machine).split(b"\0", 1)[0]
+        self.machine = {b"x86_64": 62, b"i386": 3, b"i686": 3, b"aarch64": 183}.get(machine, 0)
+        self.memory_bytes = self._file.num_saved * self._file.block_size
+        self._tables: PageTables | None = None
+
+    def require_vmcoreinfo(self) -> VmcoreInfo:
+        if self.vmcoreinfo is None:
+            raise VmcoreError(f"{self.path}: no VMCOREINFO: not a Linux kernel dump")
+        return self.vmcoreinfo
+
+    def read(self, addr: int, size: int, *, physical: bool = False) -> bytes:
+        if physical:
+            return self._file.read_phys(addr, size)
+        if self._tables is None:
+            self._tables = PageTables(self._file.read_phys, self.require_vmcoreinfo())
+        return self._tables.read(addr, size)
+
+    def u64(self, addr: int, *, physical: bool = False) -> int:
+        return int(_U64.unpack_from(self.read(addr, 8, physical=physical))[0])
+
+    def u32(self, addr: int, *, physical: bool = False) -> int:
+        return int.from_bytes(self.read(addr, 4, physical=physical), "little")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "KdumpCore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_dump(path: str | os.PathLike[str]) -> "ElfCore | KdumpCore":
+    """An ELF core (/proc/vmcore, makedumpfile -E) or a kdump-compressed file (ours or
+    makedumpfile's), told apart by their first bytes."""
+    from pykexec.vmcore.elfcore import ElfCore
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except IsADirectoryError:
+        raise VmcoreError(f"{path}: is a directory") from None
+    except FileNotFoundError:
+        raise VmcoreError(f"{path}: no such file") from None
+    except OSError as err:
+        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
+    if magic == L.KDUMP_SIGNATURE:
+        return KdumpCore(path)
+    if magic.startswith(b"\x7fELF"):
+        return ElfCore(path)
+    if magic.startswith(b"makedump"):
+        raise VmcoreError(f"{path}: a flattened makedumpfile stream: convert it with makedumpfile -R first")
+    raise VmcoreError(f"{path}: neither an ELF core nor a kdump-compressed dump")
