@@ -246,10 +246,43 @@ def do_load(args: argparse.Namespace) -> int:
         print(dryrun.render_json(plan) if args.json else dryrun.render_text(plan, machine))
         return 0
 
+    from pykexec.lock import Lock
+
+    with Lock():
+        return load(args, machine, kernel, image_type, backend)
+
+
+def load(args: argparse.Namespace, machine: Machine, kernel: bytes, image_type: images.ImageType,
+         backend: str) -> int:
+    """Plan and load for real (under the lock). A crash load that the kernel refuses has
+    already dropped the previous crash kernel (both syscalls free it first): say so."""
     from pykexec.backends import linux
 
     if backend == BACKEND_XEN:
         return load_through_xen(args, make_plan(args, machine, kernel, image_type, backend), machine)
+    had_crash_kernel = args.load_panic and _crash_loaded()
+    try:
+        return _load_linux(args, machine, kernel, image_type, backend)
+    except KexecError as err:
+        if had_crash_kernel and not _crash_loaded():
+            raise KexecError(f"{err}; the kernel had already unloaded the previous crash kernel: "
+                             "none is loaded now") from None
+        raise
+
+
+def _crash_loaded() -> bool:
+    from pykexec.backends import linux
+
+    try:
+        return linux.is_loaded(crash=True)
+    except KexecError:
+        return False
+
+
+def _load_linux(args: argparse.Namespace, machine: Machine, kernel: bytes, image_type: images.ImageType,
+                backend: str) -> int:
+    from pykexec.backends import linux
+
     if backend == BACKEND_KEXEC_FILE_LOAD:
         plan = make_plan(args, machine, kernel, image_type, backend)
         assert plan.file_inputs is not None
@@ -342,16 +375,10 @@ def run(argv: Sequence[str]) -> int:
         if args.dry_run or args.machine:
             print(f"would unload the {'crash' if args.load_panic else 'kexec'} image")
             return 0
-        if _xen_dom0():
-            from pykexec.backends import xen
+        from pykexec.lock import Lock
 
-            with xen.XenKexec.open() as x:
-                x.unload(_xen_type(args.load_panic))
-            return 0
-        from pykexec.backends import linux
-
-        linux.unload(crash=args.load_panic, use_file_syscall={"file": True, "load": False}.get(args.syscall))
-        return 0
+        with Lock():
+            return unload(args)
     if args.load and args.load_panic:
         raise UsageError("-l and -p are exclusive: load one image at a time")
     if args.load or args.load_panic:
@@ -360,18 +387,10 @@ def run(argv: Sequence[str]) -> int:
         if args.dry_run:
             print("would execute the loaded kexec image")
             return 0
-        if _xen_dom0():
-            from pykexec.backends import xen
+        from pykexec.lock import Lock
 
-            with xen.XenKexec.open() as x:
-                if not x.is_loaded(_xen_type(crash=False)):
-                    raise KexecError("nothing has been loaded: load a kernel with -l first")
-                x.execute(_xen_type(crash=False))
-            return 1
-        from pykexec.backends import linux
-
-        linux.execute()
-        return 1
+        with Lock():
+            return execute()
     if not actions and args.kernel is not None:
         args.load = True
         do_load(args)
@@ -379,6 +398,35 @@ def run(argv: Sequence[str]) -> int:
             return 0
         return do_reboot_after_load()
     raise UsageError("nothing to do: give -l/-p KERNEL, -e, -u or -S (see --help)")
+
+
+def unload(args: argparse.Namespace) -> int:
+    if _xen_dom0():
+        from pykexec.backends import xen
+
+        with xen.XenKexec.open() as x:
+            x.unload(_xen_type(args.load_panic))
+        return 0
+    from pykexec.backends import linux
+
+    linux.unload(crash=args.load_panic, use_file_syscall={"file": True, "load": False}.get(args.syscall))
+    return 0
+
+
+def execute() -> int:
+    """Jump into the loaded image; returns only on failure."""
+    if _xen_dom0():
+        from pykexec.backends import xen
+
+        with xen.XenKexec.open() as x:
+            if not x.is_loaded(_xen_type(crash=False)):
+                raise KexecError("nothing has been loaded: load a kernel with -l first")
+            x.execute(_xen_type(crash=False))
+        return 1
+    from pykexec.backends import linux
+
+    linux.execute()
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
