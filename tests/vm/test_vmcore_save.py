@@ -120,9 +120,7 @@ def test_save_zlib_makedumpfile_dmesg(vmcore: tuple[str, Path], tmp_path: Path) 
 
 
 def test_reader_on_makedumpfile_output(vmcore: tuple[str, Path], tmp_path: Path) -> None:
-    kernel, src = vmcore
-    if kernel != "6.1":
-        pytest.skip("one kernel is enough for the reader")
+    _, src = vmcore
     makedumpfile = _need("makedumpfile")
     dst = tmp_path / "mdf.kdump"
     res = subprocess.run([makedumpfile, "-c", "-d", "31", str(src), str(dst)], capture_output=True, text=True)
