@@ -145,3 +145,99 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- #
+# A real dump of a Xen machine (Xen 4.17 + a PV dom0), for the Xen readers
+# --------------------------------------------------------------------------- #
+
+#: Kept on disk at once: a Xen dump is a ~1.8 GB sparse file (the machine has 2 GiB).
+MAX_CACHED_XEN = 1
+XEN_MACHINE_ARGS = "console=com1 dom0_mem=768M crashkernel=256M@1G loglvl=all"
+XEN_DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"
+#: dom0 writes this to /dev/kmsg just before it panics: dom0's log in the dump must end near it.
+DOM0_KMSG_MARKER = "PYKEXEC-DOM0-KMSG-MARKER"
+#: Line prefixes dom0 prints at load time (the facts the tests compare the dump with).
+DOM0_DMESG_PREFIX = "DOM0-DMESG: "
+XENSYM_PREFIX = "XENSYM: "
+
+_XEN_DOM0_BODY = f"""pykexec -p /boot/vmlinuz-6.1 --initrd /boot/crash.cpio.gz \\
+    --append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices'; echo LOAD-RC=$?
+python3 -c 'from pykexec.backends.xen import XenKexec; x = XenKexec.open(); \\
+print("LOAD-XEN-PHYS-START=%#x" % x.xen_phys_start())'
+grep -E '[ #](conring|conring_size|conringp|conringc)$' /proc/xen/xensyms | sed 's/^/{XENSYM_PREFIX}/'
+echo {DOM0_KMSG_MARKER} > /dev/kmsg
+dmesg | sed 's/^/{DOM0_DMESG_PREFIX}/'
+echo DOM0-DMESG-END
+echo {LOADED_MARKER}
+echo c > /proc/sysrq-trigger
+"""
+
+
+def real_xen_vmcore(assets: Assets | None = None, *, smp: int = 1, timeout: float = 900.0) -> Path:
+    """Path to a cached real dump of a whole Xen 4.17 machine (made on first use).
+
+    QEMU boots Xen (2 GiB, ``crashkernel=256M@1G``) with Debian's generic 6.1 as a PV
+    dom0; dom0 loads the 6.1 cloud crash kernel with ``pykexec -p`` (so the elfcorehdr
+    holds dom0's VMCOREINFO), prints what the tests compare with (``xen_phys_start``
+    from get_range, Xen's console-ring symbols from ``/proc/xen/xensyms``, its own
+    ``dmesg`` after writing :data:`DOM0_KMSG_MARKER` to ``/dev/kmsg``), then panics.
+    Xen runs the crash kernel, which ``dd``\\ s ``/proc/vmcore`` to a raw virtio disk.
+
+    Next to ``xen-vmcore-<release>-smp<N>.elf`` the whole serial console (Xen's lines,
+    dom0's, the crash kernel's) is kept as ``.log``: see :func:`xen_vmcore_log`.
+    """
+    assets = assets or Assets()
+    release = assets.kernel("6.1-generic").release
+    out = vmcore_dir(assets) / f"xen-vmcore-{release}-smp{smp}.elf"
+    if out.exists() and out.with_suffix(".log").exists():
+        return out
+    with _flock(vmcore_dir(assets) / ".lock"):
+        if out.exists() and out.with_suffix(".log").exists():
+            return out
+        _make_xen(assets, smp, out, timeout)
+        for old in out.parent.glob("xen-vmcore-*"):
+            if old.stem != out.stem:
+                old.unlink(missing_ok=True)
+    return out
+
+
+def xen_vmcore_log(dump: Path) -> str:
+    """The serial console of the run that made ``dump`` (see :func:`real_xen_vmcore`)."""
+    return dump.with_suffix(".log").read_text(errors="replace")
+
+
+def _make_xen(assets: Assets, smp: int, out: Path, timeout: float) -> None:
+    import xen  # tests/vm/xen.py
+
+    from testbed import run_qemu
+
+    xen.dom0_modules(assets)
+    work = Path(tempfile.mkdtemp(prefix="mkxen-", dir=out.parent))
+    try:
+        crash = work / "crash.cpio.gz"
+        build_initramfs(crash, _CRASH_SCRIPT, dict(_module_files(assets, "6.1")), assets=assets,
+                        kernels=(), compress=True)
+        script, files = xen.dom0_python_init(_XEN_DOM0_BODY, assets)
+        files["/boot/crash.cpio.gz"] = crash.read_bytes()
+        initrd = build_initramfs(work / "dom0.cpio", script, files, with_python=True, with_pykexec=True,
+                                 assets=assets, kernels=("6.1",), compress=False)
+        disk = work / "disk.img"
+        with open(disk, "wb") as f:
+            f.truncate(3 << 30)  # sparse; larger than the dump of a 2 GiB machine
+        modules = f"{xen.dom0_kernel(assets)} {XEN_DOM0_ARGS},{initrd}"
+        run = run_qemu(xen.xen_elf(assets), modules, append=XEN_MACHINE_ARGS, memory=xen.XEN_MEMORY,
+                       cpu=xen.XEN_CPU, smp=smp, timeout=timeout, until=SAVED_MARKER,
+                       extra_args=["-drive", f"file={disk},format=raw,if=virtio,"
+                                             "detect-zeroes=unmap,discard=unmap"])
+        m = re.search(rf"{SAVED_MARKER} size=(\d+)", run.log)
+        if not m or "LOAD-RC=0" not in run.log:
+            raise TestbedError(f"the Xen machine's crash kernel did not save /proc/vmcore\n{run.describe()}")
+        with open(disk, "r+b") as f:
+            f.truncate(int(m.group(1)))
+        out.with_suffix(".log").write_text(run.log)
+        os.replace(disk, out)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()

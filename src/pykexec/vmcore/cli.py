@@ -20,11 +20,14 @@ from pykexec.errors import KexecError, UsageError
 
 USAGE = """\
 usage: pykexec vmcore dmesg [options] PATH
+       pykexec vmcore dmesg --xen [--xen-syms FILE] PATH
        pykexec vmcore info [--json] PATH
-       pykexec vmcore save [--compress zstd|zlib|none] [-d LEVEL] [--force] SRC DST
+       pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [-d LEVEL] [--force] SRC DST
 
 Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
-Output matches kexec-tools' vmcore-dmesg unless an option changes it.
+Output matches kexec-tools' vmcore-dmesg unless an option changes it.  In a dump
+of a Xen machine that is dom0's log (needs dom0's VMCOREINFO, saved when the crash
+kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring.
 
 options:
   -l, --level LIST   only these levels: comma-separated names
@@ -34,6 +37,10 @@ options:
                      last record's timestamp (about +-1 s)
   --show-caller      show the thread [T<pid>] or CPU [C<n>] that logged each
                      record (kernels with CONFIG_PRINTK_CALLER)
+  --xen              Xen dumps: the hypervisor's console ring (what xl dmesg
+                     shows) instead of dom0's log
+  --xen-syms FILE    the unstripped xen-syms of the dumped Xen, for the ring's
+                     symbols when they were not recorded at load time (implies --xen)
   -h, --help         show this help
 """
 
@@ -42,8 +49,11 @@ class DmesgOptions:
     """Parsed ``vmcore dmesg`` options (a plain class: dataclasses is slow to import)."""
 
     def __init__(self, path: str, levels: str | None = None, decode: bool = False,
-                 ctime: bool = False, show_caller: bool = False) -> None:
+                 ctime: bool = False, show_caller: bool = False, xen: bool = False,
+                 xen_syms: str | None = None) -> None:
         self.path = path
+        self.xen = xen
+        self.xen_syms = xen_syms
         self.levels = levels
         self.decode = decode
         self.ctime = ctime
@@ -70,8 +80,17 @@ def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
                         raise UsageError("--level needs a value")
                     value = args.pop(0)
                 opts["levels"] = value
-            elif name in ("--decode", "--ctime", "--show-caller") and not eq:
+            elif name in ("--decode", "--ctime", "--show-caller", "--xen") and not eq:
                 opts[name[2:].replace("-", "_")] = True
+            elif name == "--xen-syms":
+                if not eq:
+                    if not args:
+                        raise UsageError("--xen-syms needs a file")
+                    value = args.pop(0)
+                if not value:
+                    raise UsageError("--xen-syms needs a file")
+                opts["xen_syms"] = value
+                opts["xen"] = True
             else:
                 raise UsageError(f"unknown option {arg}")
         elif arg.startswith("-") and arg != "-":
@@ -96,6 +115,11 @@ def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
             paths.append(arg)
     if len(paths) != 1:
         raise UsageError("expected exactly one dump file (PATH)")
+    if opts.get("xen"):
+        clash = [o for o, k in (("-l/--level", "levels"), ("-x/--decode", "decode"), ("-T/--ctime", "ctime"),
+                                ("--show-caller", "show_caller")) if k in opts]
+        if clash:
+            raise UsageError(f"{clash[0]} applies to a Linux log, not to Xen's console ring (--xen)")
     return DmesgOptions(paths[0], **opts)  # type: ignore[arg-type]
 
 
@@ -106,8 +130,20 @@ def dmesg(opts: DmesgOptions) -> bytes:
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
     with open_dump(opts.path) as core:
-        log = read_log(core)
-        boot = boot_time(log, core.require_vmcoreinfo().crashtime) if opts.ctime else None
+        if opts.xen:
+            from pykexec.vmcore.xen import xen_console_ring
+
+            return xen_console_ring(core, opts.xen_syms)
+        source = core
+        if any(n.name == b"Xen" for n in core.notes):
+            # A dump of a Xen machine: its "physical" addresses are machine addresses,
+            # so dom0's log is read through dom0's page tables and p2m.
+            from pykexec.vmcore.xen import dom0_memory, is_xen_dump
+
+            if is_xen_dump(core.notes):
+                source = dom0_memory(core)  # type: ignore[assignment]
+        log = read_log(source)
+        boot = boot_time(log, source.require_vmcoreinfo().crashtime) if opts.ctime else None
         return format_log(log, levels=levels, decode=opts.decode, boot=boot,
                           show_caller=opts.show_caller)
 
@@ -163,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except KexecError as err:
         sys.stderr.write(f"pykexec: {err}\n")
         if isinstance(err, UsageError):
-            sys.stderr.write("usage: pykexec vmcore dmesg [-l LIST] [-x] [-T] [--show-caller] PATH\n")
+            sys.stderr.write("usage: pykexec vmcore dmesg [-l LIST] [-x] [-T] [--show-caller] "
+                             "[--xen [--xen-syms FILE]] PATH\n")
         return err.exit_code
     try:
         sys.stdout.buffer.write(out)

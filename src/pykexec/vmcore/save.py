@@ -1,4 +1,5 @@
-"""``pykexec vmcore save SRC DST``: stream an ELF dump to makedumpfile's kdump-compressed format.
+"""``pykexec vmcore save SRC DST``: stream an ELF dump to makedumpfile's kdump-compressed
+format, or (``--format elf``) to a filtered ELF core.
 
 What is left out (makedumpfile's dump levels, ``-d``):
 
@@ -20,6 +21,30 @@ per-page zero tests are ``memcmp`` (``bytearray.startswith``).  Pages are
 compressed one by one (zstd level 1 or zlib level 1, as makedumpfile's
 ``-z``/``-c``), in worker threads when there is more than one CPU (both
 release the GIL); a page that does not shrink is stored raw.
+
+``--format elf`` writes the same page selection as an ELF core, laid out as
+makedumpfile ``-E`` lays it out: the source's PT_LOADs in order, each split
+where at least :data:`ELF_GAP_PAGES` (256, makedumpfile's ``PFN_EXCLUDED``)
+consecutive pages are left out.  A piece's ``p_memsz`` runs up to the next piece
+(or the end of the source segment), its ``p_filesz`` only to its last kept page,
+so every left-out page still reads as zeros and the PT_LOADs cover exactly the
+memory the source covered.  Shorter left-out runs stay inside a piece as zeros
+(holes in DST: sparse), where makedumpfile keeps their old content; so does a
+short left-out run at a segment's end, because vmcore-dmesg reads whole buffers
+straight from the file and fails on bytes past ``p_filesz`` (a log buffer with
+256+ empty pages at its end defeats it, as on makedumpfile -E output; our reader
+reads zeros there).  Notes are
+copied into one PT_NOTE; ``e_flags = 1`` marks an incomplete dump, as
+makedumpfile does.  The header and program headers are rewritten at the end
+(space for the most program headers the selection can need is kept after the
+ELF header, where crash(8) expects them).
+
+Xen dumps (``/proc/vmcore`` of a Xen machine: Xen's crash-info note, p_paddr
+machine addresses) are saved with zero pages left out only: free pages are
+dom0's and Xen's business and dom0's ``struct page`` array is indexed by
+pseudo-physical frame, so nothing in the dump's VMCOREINFO may be used to drop
+machine frames.  Every note (Xen's, VMCOREINFO_XEN, dom0's VMCOREINFO, pykexec's)
+is kept, so ``vmcore dmesg [--xen]`` works on the result.
 
 Crash safety: the header says ``DUMP_DH_COMPRESSED_INCOMPLETE`` from the
 first write and is rewritten without it only after everything else is on
@@ -58,6 +83,12 @@ CHUNK_PAGES = 1024
 DEFAULT_DUMP_LEVEL = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
 SUPPORTED_LEVEL_BITS = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
 COMPRESSIONS = ("zstd", "zlib", "none")
+FORMATS = ("kdump", "elf")
+#: ``--format elf``: left-out runs of at least this many pages split a PT_LOAD
+#: (makedumpfile's PFN_EXCLUDED); shorter ones are stored as zeros.
+ELF_GAP_PAGES = 256
+XEN_FREE_NOTE = ("a Xen dump: free pages are not looked for (dom0's page structs count pseudo-physical "
+                 "frames, the dump machine frames); zero pages are left out")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 
@@ -412,9 +443,17 @@ def check_paths(src: str, dst: str, force: bool) -> None:
             raise UsageError(f"{dst} is a directory")
 
 
+def _is_xen(core: ElfCore) -> bool:
+    from pykexec.vmcore.xen import is_xen_dump
+
+    return is_xen_dump(core.notes)
+
+
 def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAULT_DUMP_LEVEL,
-         force: bool = False, threads: int | None = None, progress: bool | None = None) -> SaveResult:
-    """Write ``src`` (an ELF core, e.g. /proc/vmcore) to ``dst`` in kdump-compressed format.
+         force: bool = False, threads: int | None = None, progress: bool | None = None,
+         fmt: str = "kdump") -> SaveResult:
+    """Write ``src`` (an ELF core, e.g. /proc/vmcore) to ``dst`` in kdump-compressed
+    format (``fmt="kdump"``) or as a filtered ELF core (``fmt="elf"``).
 
     Returns a :class:`SaveResult`; ``result.incomplete`` is non-empty (and
     the file flagged) if the copy stopped early.  Raises :class:`UsageError`
@@ -423,6 +462,8 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
     from pykexec.vmcore.elfcore import ElfCore
     from pykexec.vmcore.kdump import PageTables
 
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} (expected kdump or elf)")
     if compress not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compress!r} (expected zstd, zlib or none)")
     if not 0 <= dump_level <= 31:
@@ -431,12 +472,16 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         raise UsageError(f"dump level {dump_level}: only bits 1 (zero pages) and 16 (free pages) "
                          f"are supported, not cache or user pages (2, 4, 8)")
     check_paths(src, dst, force)
-    pool = _Pool(compress, threads if threads is not None else min(2, os.cpu_count() or 1))
+    # The ELF format is not compressed: no compressor threads.
+    pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else min(2, os.cpu_count() or 1))
     result = SaveResult()
     t0 = time.monotonic()
     with ElfCore(src) as core:
-        info = core.require_vmcoreinfo()
-        page = int(info.get("PAGESIZE") or 4096)
+        xen = _is_xen(core)
+        # A Xen dump is machine memory in 4 KiB frames; dom0's VMCOREINFO (if any)
+        # describes dom0's pseudo-physical space and is not used to filter.
+        info_or_none = core.vmcoreinfo if xen else core.require_vmcoreinfo()
+        page = int(info_or_none.get("PAGESIZE") or 4096) if info_or_none is not None and not xen else 4096
         if page & (page - 1) or not 512 <= page <= 1 << 16:
             raise VmcoreError(f"{src}: implausible PAGESIZE={page}")
         runs = ram_runs(core.loads, page)
@@ -447,12 +492,17 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         result.ram_pages = sum(e - s for s, e in ram)
 
         tables: PageTables | None = None
-        try:
-            tables = PageTables(lambda a, n: core.read(a, n, physical=True), info)
-        except VmcoreError as err:
-            result.free_note = str(err)
+        if xen:
+            result.free_note = XEN_FREE_NOTE
+        else:
+            assert info_or_none is not None
+            info = info_or_none
+            try:
+                tables = PageTables(lambda a, n: core.read(a, n, physical=True), info)
+            except VmcoreError as err:
+                result.free_note = str(err)
         free: list[tuple[int, int]] = []
-        if dump_level & L.DL_EXCLUDE_FREE:
+        if dump_level & L.DL_EXCLUDE_FREE and not xen:
             if tables is not None:
                 try:
                     free = find_free_pages(info, tables, ram, page)
@@ -463,6 +513,12 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         kept = subtract(ram, free)
         num_kept = sum(e - s for s, e in kept)
         result.free_pages = result.ram_pages - num_kept
+        if fmt == "elf":
+            _save_elf(core, dst, kept, page, force, progress, result,
+                      exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
+            pool.close()
+            result.seconds = time.monotonic() - t0
+            return result
 
         # -- layout ----------------------------------------------------------------
         bitmap_len = -(-max_mapnr // 8)
@@ -484,8 +540,8 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         hdr = L.DiskDumpHeader()
         hdr.signature = L.KDUMP_SIGNATURE
         hdr.header_version = L.KDUMP_HEADER_VERSION
-        hdr.utsname = _utsname(core, tables, info)
-        hdr.timestamp.tv_sec = info.crashtime or int(time.time())
+        hdr.utsname = _xen_utsname(core, info_or_none) if xen else _utsname(core, tables, info)
+        hdr.timestamp.tv_sec = (info_or_none.crashtime if info_or_none is not None else None) or int(time.time())
         hdr.status = flag | L.DUMP_DH_COMPRESSED_INCOMPLETE
         hdr.block_size = page
         hdr.sub_hdr_size = sub_hdr_blocks
@@ -493,7 +549,8 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         hdr.max_mapnr = min(max_mapnr, 0xFFFFFFFF)
         hdr.nr_cpus = sum(1 for n in core.notes if n.name == b"CORE" and n.type == NT_PRSTATUS)
         sub = L.KdumpSubHeader()
-        sub.phys_base = info.number("phys_base") & 0xFFFFFFFFFFFFFFFF if info.has_number("phys_base") else 0
+        sub.phys_base = (info.number("phys_base") & 0xFFFFFFFFFFFFFFFF
+                         if not xen and info.has_number("phys_base") else 0)
         sub.dump_level = dump_level
         sub.offset_note = page * L.DISKDUMP_HEADER_BLOCKS + sub_size
         sub.size_note = len(note_blob)
@@ -549,6 +606,197 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
             pool.close()
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _xen_utsname(core: ElfCore, info: VmcoreInfo | None) -> L.NewUtsname:
+    """dom0's uname for a Xen dump (read through dom0's page tables), else a minimal one."""
+    if info is not None:
+        from pykexec.vmcore.xen import dom0_memory
+
+        try:
+            return _utsname(dom0_memory(core), None, info)  # type: ignore[arg-type]
+        except VmcoreError:
+            pass
+    uts = L.NewUtsname()
+    uts.sysname = b"Linux"
+    uts.release = ((info.osrelease if info is not None else None) or "").encode()[:64]
+    uts.machine = b"x86_64"
+    return uts
+
+
+class _ElfPiece:
+    """One output PT_LOAD: ``[paddr, paddr + memsz)`` of a source segment, whose first
+    ``filesz`` bytes are at ``offset`` in DST."""
+
+    __slots__ = ("vaddr", "paddr", "offset", "filesz", "memsz")
+
+    def __init__(self, vaddr: int, paddr: int, offset: int) -> None:
+        self.vaddr, self.paddr, self.offset = vaddr, paddr, offset
+        self.filesz = 0
+        self.memsz = 0
+
+
+def _elf_header(machine: int, phnum: int, incomplete: bool) -> bytes:
+    """ELF64 core header, program headers right after it; section header 0 carries
+    the count when there are PN_XNUM (0xffff) or more of them."""
+    from pykexec.layouts.elf import EHDR64_FMT, ELFCLASS64, ELFDATA2LSB, ELFMAG, ET_CORE, EV_CURRENT
+
+    ident = ELFMAG + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
+    xnum = phnum >= 0xFFFF
+    shoff = 64 + phnum * 56 if xnum else 0
+    return EHDR64_FMT.pack(ident, ET_CORE, machine, EV_CURRENT, 0, 64, shoff, 1 if incomplete else 0,
+                           64, 56, 0xFFFF if xnum else phnum, 64 if xnum else 0, 1 if xnum else 0, 0)
+
+
+def _save_elf(core: ElfCore, dst: str, kept: list[tuple[int, int]], page: int, force: bool,
+              progress: bool | None, result: SaveResult, *, exclude_zero: bool) -> None:
+    """Write the kept pages of ``core`` to ``dst`` as a filtered ELF core (see the module
+    docstring for the layout)."""
+    from pykexec.layouts.elf import PHDR64_FMT, PT_LOAD, PT_NOTE
+
+    loads = list(core.loads)
+    # Kept pfn ranges of each source segment, and the most PT_LOADs they can need.
+    per_load: list[list[tuple[int, int]]] = []
+    bound = 1  # the PT_NOTE
+    for seg in loads:
+        lo = seg.paddr // page
+        hi = -(-(seg.paddr + seg.filesz) // page)
+        ranges = [(max(s, lo), min(e, hi)) for s, e in kept if s < hi and e > lo]
+        per_load.append(ranges)
+        bound += 1 + len(ranges) + sum(e - s for s, e in ranges) // ELF_GAP_PAGES
+    note_blob = _note_blob(core)
+    head = 64 + bound * 56 + (64 if bound >= 0xFFFF else 0)
+    note_off = head
+    data_start = -(-(note_off + len(note_blob)) // page) * page
+
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(dst, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        raise UsageError(f"{dst} exists (use --force to overwrite it)") from None
+    except OSError as err:
+        raise VmcoreError(f"{dst}: cannot create: {err.strerror}") from None
+    pieces: list[_ElfPiece] = []
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(sum(e - s for s, e in kept) * page, show)
+    src_fd = os.open(core.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    end_of_data = data_start
+    try:
+        try:
+            # Incomplete until the end: a header with only the notes, flagged.
+            note_ph = PHDR64_FMT.pack(PT_NOTE, 0, note_off, 0, 0, len(note_blob), len(note_blob), 0)
+            _pwrite_all(fd, _elf_header(core.machine, 1, True) + note_ph, 0)
+            _pwrite_all(fd, note_blob, note_off)
+        except OSError as err:
+            raise VmcoreError(f"{dst}: cannot write: {err.strerror}") from None
+        buf = bytearray(CHUNK_PAGES * page)
+        zero_page = bytes(page)
+        next_off = data_start
+        for seg, ranges in zip(loads, per_load):
+            seg_end = seg.paddr + seg.memsz
+            data_end = seg.paddr + seg.filesz
+            cur: _ElfPiece | None = None
+            last = seg.paddr  # end of the last kept bytes (paddr)
+
+            def start_piece(paddr: int) -> _ElfPiece:
+                nonlocal next_off
+                off = next_off + (paddr - next_off) % page  # file offset = paddr (mod page)
+                piece = _ElfPiece(seg.vaddr + (paddr - seg.paddr), paddr, off)
+                pieces.append(piece)
+                return piece
+
+            for s, e in ranges:
+                pfn = s
+                while pfn < e and not result.incomplete:
+                    n = min(e - pfn, CHUNK_PAGES)
+                    a = max(pfn * page, seg.paddr)  # bytes [a, b) of this chunk inside the segment
+                    b = min((pfn + n) * page, data_end)
+                    view = memoryview(buf)[:(pfn + n - pfn) * page]
+                    lead = a - pfn * page
+                    if lead or b < (pfn + n) * page:
+                        view[:] = bytes(len(view))
+                    want = min(b, seg.paddr + seg.avail) - a
+                    if want < b - a:
+                        result.incomplete = f"{core.path} is truncated at offset {seg.offset + seg.avail:#x}"
+                    if want > 0:
+                        try:
+                            got = os.preadv(src_fd, [view[lead:lead + want]], seg.offset + a - seg.paddr)
+                        except OSError as err:
+                            result.incomplete = f"read error in {core.path}: {err.strerror}"
+                            break
+                        if got != want:
+                            result.incomplete = f"{core.path} ends early (truncated)"
+                            break
+                    # Runs of kept, non-zero pages of this chunk, as byte ranges.
+                    i = 0
+                    while i < n:
+                        if exclude_zero and buf.startswith(zero_page, i * page):
+                            result.zero_pages += 1
+                            i += 1
+                            continue
+                        j = i + 1
+                        while j < n and not (exclude_zero and buf.startswith(zero_page, j * page)):
+                            j += 1
+                        ra = max((pfn + i) * page, a)
+                        rb = min((pfn + j) * page, b)
+                        if rb > ra:
+                            if cur is None:
+                                if ra - seg.paddr >= ELF_GAP_PAGES * page:  # long leading gap
+                                    start_piece(seg.paddr).memsz = ra - seg.paddr
+                                    cur = start_piece(ra)
+                                else:
+                                    cur = start_piece(seg.paddr)
+                            elif ra - last >= ELF_GAP_PAGES * page:
+                                cur.memsz = ra - cur.paddr
+                                next_off = cur.offset + cur.filesz
+                                cur = start_piece(ra)
+                            try:
+                                _pwrite_all(fd, view[ra - pfn * page:rb - pfn * page],
+                                            cur.offset + (ra - cur.paddr))
+                            except OSError as err:
+                                result.incomplete = f"cannot write {dst}: {err.strerror}"
+                                break
+                            cur.filesz = rb - cur.paddr
+                            last = rb
+                            result.saved_pages += j - i
+                            end_of_data = max(end_of_data, cur.offset + cur.filesz)
+                        i = j
+                    result.read_bytes += n * page
+                    bar.update(result.read_bytes)
+                    pfn += n
+                if result.incomplete:
+                    break
+            if cur is None:  # nothing kept: the whole segment reads as zeros
+                cur = start_piece(seg.paddr)
+            if not result.incomplete and data_end - last < ELF_GAP_PAGES * page:
+                cur.filesz = data_end - cur.paddr  # a short left-out tail: zeros (holes) in DST
+                end_of_data = max(end_of_data, cur.offset + cur.filesz)
+            cur.memsz = seg_end - cur.paddr
+            next_off = -(-(cur.offset + cur.filesz) // page) * page
+            if result.incomplete:
+                break
+        bar.finish()
+        if len(pieces) + 1 > bound:  # cannot happen: the bound counts every possible split
+            raise VmcoreError(f"internal error: {len(pieces) + 1} program headers, room for {bound}")
+        phdrs = [PHDR64_FMT.pack(PT_NOTE, 0, note_off, 0, 0, len(note_blob), len(note_blob), 0)]
+        phdrs += [PHDR64_FMT.pack(PT_LOAD, 7, p.offset, p.vaddr, p.paddr, p.filesz, p.memsz, 0)
+                  for p in pieces]
+        table = b"".join(phdrs)
+        if len(phdrs) >= 0xFFFF:  # section header 0: sh_info = the real count
+            table += struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, len(phdrs), 0, 0)
+        try:
+            os.ftruncate(fd, max(end_of_data, data_start))  # trailing left-out pages: holes
+            _pwrite_all(fd, table, 64)
+            if not result.incomplete:
+                os.fdatasync(fd)
+            _pwrite_all(fd, _elf_header(core.machine, len(phdrs), bool(result.incomplete)), 0)
+            os.fsync(fd)
+        except OSError as err:
+            result.incomplete = result.incomplete or f"cannot finish {dst}: {err.strerror}"
+        result.out_bytes = os.fstat(fd).st_size
+    finally:
+        os.close(src_fd)
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -685,8 +933,12 @@ usage: pykexec vmcore save [options] SRC DST
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
 kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
 Zero pages and free pages are left out; every other page is compressed.
+Dumps of a Xen machine keep every non-zero page (no free-page filtering).
 
 options:
+  --format FORMAT   kdump (default) or elf: an uncompressed ELF core with the
+                    same pages, as makedumpfile -E writes (read by vmcore-dmesg,
+                    crash, gdb); left-out pages read as zeros
   --compress KIND   zstd (default), zlib (readable by older makedumpfile/crash
                     builds without zstd) or none
   -d, --dump-level N
@@ -725,6 +977,8 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
             return None
         if name == "--compress":
             opts["compress"] = value(name, val)
+        elif name == "--format":
+            opts["fmt"] = value(name, val)
         elif name in ("-d", "--dump-level"):
             text = value(name, val)
             try:
@@ -764,8 +1018,8 @@ def main(argv: list[str]) -> int:
     except KexecError as err:
         sys.stderr.write(f"pykexec: {err}\n")
         if isinstance(err, UsageError):
-            sys.stderr.write("usage: pykexec vmcore save [--compress zstd|zlib|none] [-d LEVEL] "
-                             "[--force] SRC DST\n")
+            sys.stderr.write("usage: pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] "
+                             "[-d LEVEL] [--force] SRC DST\n")
         return err.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")

@@ -1,0 +1,500 @@
+"""Dumps of a whole Xen machine: the hypervisor's console ring, and dom0's kernel log.
+
+A crash dump taken under Xen (``/proc/vmcore`` in the crash kernel Xen started, or a
+copy) is a dump of *machine* memory: its PT_LOADs' ``p_paddr`` are machine addresses.
+Its notes are Xen's (per-pCPU "CORE" registers, "Xen" crash registers and, on CPU 0,
+the crash-info note ``crash_xen_info_t``), ``VMCOREINFO_XEN``, and -- when the crash
+kernel was loaded by pykexec -- dom0's own ``VMCOREINFO`` and a note with
+``xen_phys_start``.
+
+Hypervisor addresses (x86_64, Xen 4.4 and later, 4.17 checked):
+
+* Xen's image (text, data, bss) is mapped at ``XEN_VIRT_START = 0xffff82d040000000``
+  (1 GiB); ``maddr = va - XEN_VIRT_START + xen_phys_start``.  ``xen_phys_start`` is
+  in the crash-info note (Xen 4.3+), or pykexec's load-time note;
+* everything else -- the direct map at ``0xffff830000000000``, where the console ring
+  lives once ``console_init_ring`` has moved it to the Xen heap -- is found by walking
+  Xen's idle page tables (``SYMBOL(pgd_l4)`` of VMCOREINFO_XEN, reached through the
+  image mapping; their entries hold machine addresses).  Without that symbol the
+  direct map is taken as linear, ``maddr = va - DIRECTMAP_VIRT_START`` (no PDX
+  compression, no BIGMEM).
+
+Dom0 (a PV guest) addresses:
+
+* dom0's page tables hold *machine* frame numbers, so a walk from its top-level table
+  yields machine addresses directly;
+* the top-level table is ``init_top_pgt``, whose *pseudo-physical* address is
+  ``SYMBOL(init_top_pgt) - __START_KERNEL_map + NUMBER(phys_base)`` (dom0's VMCOREINFO);
+* pseudo-physical frame -> machine frame goes through dom0's p2m, published to Xen as
+  a 3-level list of machine frames: the crash-info note's
+  ``dom0_pfn_to_mfn_frame_list_list`` is the MFN of a page of 512 MFNs (index
+  ``pfn >> 18``), each of a page of 512 MFNs (``(pfn >> 9) & 511``), each of a p2m
+  page of 512 entries (``pfn & 511``) holding the MFN.  Entries of ``~0`` are
+  missing pages; Linux's FOREIGN (bit 63) and IDENTITY (bit 62) flags are masked off.
+
+Console ring (``xen/drivers/char/console.c``): ``char *conring`` (initially the
+16 KiB ``_conring`` in the image, later a Xen-heap buffer), ``uint32_t conring_size``
+(a power of two), and free-running ``uint32_t`` indices ``conringp`` (producer) and
+``conringc`` (where ``xl dmesg`` starts).  Their addresses come from an unstripped
+``xen-syms`` (``--xen-syms``) or from a pykexec note recorded at load time from
+dom0's ``/proc/xen/xensyms`` (:data:`NT_PYKEXEC_XEN_SYMBOLS`).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pykexec.vmcore import VmcoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from pykexec.layouts.elf import Note
+    from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+XEN_NOTE_NAME = b"Xen"
+XEN_ELFNOTE_CRASH_INFO = 0x1000001
+VMCOREINFO_XEN_NOTE_NAME = b"VMCOREINFO_XEN"
+PYKEXEC_NOTE_NAME = b"PYKEXEC"
+NT_PYKEXEC_XEN_PHYS_START = 1
+#: pykexec's load-time record of Xen symbols: ASCII ``name=0xADDRESS`` lines, read from
+#: dom0's ``/proc/xen/xensyms`` when the crash kernel is loaded (see
+#: :func:`xensyms_note_desc`).  Xen's link addresses do not move with xen_phys_start,
+#: so they stay valid until the crash.
+NT_PYKEXEC_XEN_SYMBOLS = 2
+
+#: Xen's image mapping (Xen 4.4+, x86_64): 1 GiB from here; linked at +2 MiB.
+XEN_VIRT_START = 0xFFFF82D040000000
+XEN_VIRT_SIZE = 1 << 30
+#: The 1:1 map of machine memory (without CONFIG_BIGMEM), up to 5 TiB.
+DIRECTMAP_VIRT_START = 0xFFFF830000000000
+DIRECTMAP_VIRT_END = 0xFFFF880000000000
+#: Linux x86_64 ``__START_KERNEL_map``.
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+
+#: Symbols the console ring needs (``conringc`` is optional: without it the whole
+#: ring up to the producer is printed).
+CONRING_SYMBOLS = ("conring", "conring_size", "conringp", "conringc")
+#: Bigger rings are corruption (Xen caps conring_size far below this).
+MAX_CONRING_SIZE = 1 << 28
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+_PTE_PRESENT = 0x1
+_PTE_PSE = 0x80
+_PTE_ADDR = 0x000FFFFFFFFFF000
+_MASK64 = (1 << 64) - 1
+#: p2m entries: ~0 = no page; Linux's FOREIGN_FRAME_BIT and IDENTITY_FRAME_BIT.
+INVALID_P2M_ENTRY = _MASK64
+_P2M_FLAGS = (1 << 63) | (1 << 62)
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+NO_DOM0_VMCOREINFO = ("this Xen dump has no dom0 VMCOREINFO: it was not saved at load time "
+                      "(load with pykexec -p)")
+
+
+# -- what kind of dump ------------------------------------------------------------------
+
+def is_xen_dump(notes: list[Note]) -> bool:
+    """True for a dump of a Xen machine (it carries Xen's crash-info note)."""
+    return any(n.name == XEN_NOTE_NAME and n.type == XEN_ELFNOTE_CRASH_INFO for n in notes)
+
+
+class XenCrashFacts:
+    """What a Xen dump's notes say about the hypervisor.
+
+    ``version`` ("4.17"), ``xen_phys_start`` (crash-info note, else pykexec's load-time
+    note; None if neither), ``dom0_p2m_root`` (MFN; None or 0 if absent), ``vmcoreinfo``
+    (VMCOREINFO_XEN, or None), ``symbols`` (pykexec's load-time symbol record).
+    """
+
+    def __init__(self, notes: list[Note]) -> None:
+        from pykexec.layouts.xen import parse_crash_xen_info
+        from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+        self.version: str | None = None
+        self.xen_phys_start: int | None = None
+        self.dom0_p2m_root: int | None = None
+        self.vmcoreinfo: VmcoreInfo | None = None
+        self.symbols: dict[str, int] = {}
+        at_load: int | None = None
+        for note in notes:
+            if note.name == XEN_NOTE_NAME and note.type == XEN_ELFNOTE_CRASH_INFO and self.version is None:
+                try:
+                    ci = parse_crash_xen_info(bytes(note.desc))
+                except ValueError as err:
+                    raise VmcoreError(str(err)) from None
+                self.version = f"{ci.major}.{ci.minor}"
+                self.xen_phys_start = ci.xen_phys_start
+                self.dom0_p2m_root = ci.dom0_p2m_root
+            elif note.name == PYKEXEC_NOTE_NAME and note.type == NT_PYKEXEC_XEN_PHYS_START \
+                    and len(note.desc) >= 8:
+                at_load = _U64.unpack_from(note.desc)[0]
+            elif note.name == PYKEXEC_NOTE_NAME and note.type == NT_PYKEXEC_XEN_SYMBOLS:
+                self.symbols.update(parse_symbol_lines(bytes(note.desc)))
+            elif note.name == VMCOREINFO_XEN_NOTE_NAME and note.type == 0 and self.vmcoreinfo is None:
+                self.vmcoreinfo = VmcoreInfo(bytes(note.desc))
+        if not self.xen_phys_start and at_load:
+            self.xen_phys_start = at_load
+
+
+def parse_symbol_lines(text: bytes) -> dict[str, int]:
+    """``name=0xADDR`` lines (pykexec's symbol note) as a dict; bad lines are skipped."""
+    out: dict[str, int] = {}
+    for line in text.split(b"\0", 1)[0].decode("ascii", "replace").splitlines():
+        name, eq, value = line.partition("=")
+        if eq:
+            try:
+                out[name.strip()] = int(value.strip(), 16)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_xensyms(lines: Iterable[bytes], names: tuple[str, ...] = CONRING_SYMBOLS) -> dict[str, int]:
+    """Addresses of ``names`` in ``/proc/xen/xensyms`` lines (``%016llx %c %s``).
+
+    Xen's symbol table qualifies static symbols with their file, as
+    ``drivers/char/console.c#conring``; such a name matches ``conring``.  The first
+    match of each name wins.
+    """
+    want = set(names)
+    found: dict[str, int] = {}
+    for raw in lines:
+        parts = raw.split()
+        if len(parts) != 3:
+            continue
+        name = parts[2].decode("ascii", "replace").rpartition("#")[2]
+        if name in want and name not in found:
+            try:
+                found[name] = int(parts[0], 16)
+            except ValueError:
+                continue
+            if len(found) == len(want):
+                break
+    return found
+
+
+def xensyms_note_desc(path: str = "/proc/xen/xensyms", names: tuple[str, ...] = CONRING_SYMBOLS) -> bytes | None:
+    """The descriptor of an :data:`NT_PYKEXEC_XEN_SYMBOLS` note, for the loader.
+
+    Read at load time in dom0 from ``/proc/xen/xensyms`` (Linux ``CONFIG_XEN_SYMS``,
+    through Xen's ``XENPF_get_symbol``; Xen built with ``CONFIG_LIVEPATCH`` -- Debian's
+    4.17 is -- lists data symbols too, statics as ``file#name``).  None when the file
+    is missing or lacks the console-ring symbols.
+    """
+    try:
+        with open(path, "rb") as f:
+            found = parse_xensyms(f, names)
+    except OSError:
+        return None
+    if any(n not in found for n in ("conring", "conring_size", "conringp")):
+        return None
+    return "".join(f"{n}={found[n]:#x}\n" for n in names if n in found).encode()
+
+
+# -- xen-syms ---------------------------------------------------------------------------
+
+def read_elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Values of the symbols ``names`` in an unstripped ELF64 (``xen-syms``), from its
+    ``.symtab`` (local symbols included: the console-ring variables are static).
+
+    Raises :class:`VmcoreError` for a file that is not an ELF64 with a symbol table.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise VmcoreError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise VmcoreError(f"{path}: is a directory") from None
+    except OSError as err:
+        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
+    if data[:4] != b"\x7fELF" or len(data) < 64 or data[4] != 2 or data[5] != 1:
+        raise VmcoreError(f"{path}: not an ELF64 little-endian file (expected an unstripped xen-syms)")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    if shentsize != 64 or shoff + shnum * 64 > len(data):
+        raise VmcoreError(f"{path}: truncated or corrupt section headers")
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * 64) for i in range(shnum)]
+    want = set(names)
+    out: dict[str, int] = {}
+    for sh in sections:
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
+        if link >= len(sections) or off + size > len(data):
+            raise VmcoreError(f"{path}: corrupt symbol table")
+        str_off, str_size = sections[link][4], sections[link][5]
+        strtab = data[str_off:str_off + str_size]
+        for pos in range(off, off + size - entsize + 1, entsize):
+            st_name, = _U32.unpack_from(data, pos)
+            end = strtab.find(b"\0", st_name)
+            name = strtab[st_name:end].decode("ascii", "replace")
+            if name in want and name not in out:
+                out[name] = _U64.unpack_from(data, pos + 8)[0]
+        break
+    else:
+        raise VmcoreError(f"{path}: no symbol table (stripped?): use the unstripped xen-syms "
+                          "(Debian: xen-hypervisor-4.17-amd64-dbg)")
+    return out
+
+
+# -- machine memory -----------------------------------------------------------------------
+
+class _Walker:
+    """A 4-level x86_64 page-table walk whose table entries hold machine addresses."""
+
+    def __init__(self, read_machine: Callable[[int, int], bytes], root: int, what: str) -> None:
+        self._read = read_machine
+        self.root = root
+        self._what = what
+        self._cache: dict[int, int] = {}  # va >> 12 -> machine address of the page
+
+    def translate(self, va: int) -> tuple[int, int]:
+        """(machine address of ``va``, bytes left in its page or large page)."""
+        page = self._cache.get(va >> PAGE_SHIFT)
+        off = va & (PAGE_SIZE - 1)
+        if page is not None:
+            return page + off, PAGE_SIZE - off
+        table, shift = self.root, 39
+        while True:
+            try:
+                entry = _U64.unpack(self._read(table + ((va >> shift) & 511) * 8, 8))[0]
+            except VmcoreError:
+                raise VmcoreError(f"{self._what} page table at machine address {table:#x} "
+                                  f"is not in the dump (translating {va:#x})") from None
+            if not entry & _PTE_PRESENT:
+                raise VmcoreError(f"{self._what} virtual address {va:#x} is not mapped")
+            if shift == 12 or (shift in (21, 30) and entry & _PTE_PSE):
+                size = 1 << shift
+                base = entry & _PTE_ADDR & ~(size - 1)
+                maddr = base + (va & (size - 1))
+                self._cache[va >> PAGE_SHIFT] = maddr - off
+                return maddr, PAGE_SIZE - off
+            table = entry & _PTE_ADDR
+            shift -= 9
+
+
+def _machine_reader(core: object) -> Callable[[int, int], bytes]:
+    """``read(maddr, size) -> bytes`` of a core's physical (= machine) memory."""
+    read = core.read  # type: ignore[attr-defined]
+
+    def read_machine(maddr: int, size: int) -> bytes:
+        return bytes(read(maddr, size, physical=True))
+
+    return read_machine
+
+
+def _read_virtual(translate: Callable[[int], tuple[int, int]], read_machine: Callable[[int, int], bytes],
+                  va: int, size: int) -> bytes:
+    out = bytearray()
+    while size > 0:
+        ma, left = translate(va)
+        n = min(size, left)
+        out += read_machine(ma, n)
+        va += n
+        size -= n
+    return bytes(out)
+
+
+class XenMemory:
+    """The hypervisor's virtual address space in a Xen dump (x86_64)."""
+
+    def __init__(self, core: object, facts: XenCrashFacts | None = None) -> None:
+        self.facts = facts or XenCrashFacts(core.notes)  # type: ignore[attr-defined]
+        self.path = getattr(core, "path", "dump")
+        self._read_machine = _machine_reader(core)
+        if not self.facts.xen_phys_start:
+            raise VmcoreError(f"{self.path}: no xen_phys_start (neither in Xen's crash-info note nor "
+                              "recorded at load time): cannot place Xen's image")
+        self._walker: _Walker | None = None
+        info = self.facts.vmcoreinfo
+        if info is not None and info.has_symbol("pgd_l4"):
+            pgd = info.symbol("pgd_l4")
+            if XEN_VIRT_START <= pgd < XEN_VIRT_START + XEN_VIRT_SIZE:
+                self._walker = _Walker(self._read_machine, self._image_maddr(pgd), "Xen")
+
+    def _image_maddr(self, va: int) -> int:
+        return va - XEN_VIRT_START + int(self.facts.xen_phys_start or 0)
+
+    def translate(self, va: int) -> tuple[int, int]:
+        """(machine address, bytes left in the mapping) of a Xen virtual address."""
+        if XEN_VIRT_START <= va < XEN_VIRT_START + XEN_VIRT_SIZE:
+            return self._image_maddr(va), XEN_VIRT_START + XEN_VIRT_SIZE - va
+        if self._walker is not None:
+            return self._walker.translate(va)
+        if DIRECTMAP_VIRT_START <= va < DIRECTMAP_VIRT_END:
+            return va - DIRECTMAP_VIRT_START, DIRECTMAP_VIRT_END - va
+        raise VmcoreError(f"Xen virtual address {va:#x} is neither in Xen's image nor in its direct map "
+                          "(and VMCOREINFO_XEN has no SYMBOL(pgd_l4) to walk)")
+
+    def read(self, va: int, size: int) -> bytes:
+        try:
+            return _read_virtual(self.translate, self._read_machine, va, size)
+        except VmcoreError as err:
+            raise VmcoreError(f"{self.path}: {err}") from None
+
+    def u32(self, va: int) -> int:
+        return int(_U32.unpack(self.read(va, 4))[0])
+
+    def u64(self, va: int) -> int:
+        return int(_U64.unpack(self.read(va, 8))[0])
+
+
+def resolve_conring_symbols(facts: XenCrashFacts, xen_syms: str | None, path: str) -> dict[str, int]:
+    """The console-ring symbols, from ``xen_syms`` if given, else from the load-time note.
+
+    A ``xen_syms`` whose ``domain_list`` differs from VMCOREINFO_XEN's is refused: it
+    belongs to another build of Xen.
+    """
+    if xen_syms is not None:
+        syms = read_elf_symbols(xen_syms, CONRING_SYMBOLS + ("domain_list",))
+        info = facts.vmcoreinfo
+        if info is not None and info.has_symbol("domain_list") and "domain_list" in syms \
+                and syms["domain_list"] != info.symbol("domain_list"):
+            raise VmcoreError(f"{xen_syms} is not the dumped Xen's: its domain_list is at "
+                              f"{syms['domain_list']:#x}, VMCOREINFO_XEN says {info.symbol('domain_list'):#x}")
+        source = xen_syms
+    elif facts.symbols:
+        syms, source = facts.symbols, "the load-time symbol note"
+    else:
+        raise VmcoreError(f"{path}: Xen's console-ring symbols (conring, conring_size, conringp) are not "
+                          "in the dump (not recorded at load time): pass --xen-syms FILE, the unstripped "
+                          "xen-syms of this Xen (Debian: xen-hypervisor-4.17-amd64-dbg)")
+    missing = [n for n in ("conring", "conring_size", "conringp") if n not in syms]
+    if missing:
+        raise VmcoreError(f"{source} has no symbol {missing[0]}: cannot find Xen's console ring")
+    return syms
+
+
+def xen_console_ring(core: object, xen_syms: str | None = None,
+                     symbols: dict[str, int] | None = None) -> bytes:
+    """The hypervisor's console ring (what ``xl dmesg`` would have printed) in a Xen dump.
+
+    From ``conringc`` (or the oldest byte still in the ring) to ``conringp``, NUL bytes
+    dropped.  The symbols come from ``xen_syms`` (a file), else ``symbols``, else the
+    dump's load-time symbol note.  Raises :class:`VmcoreError` (one line) when the dump
+    is not a Xen dump or what the ring needs is missing.
+    """
+    path = getattr(core, "path", "dump")
+    notes = core.notes  # type: ignore[attr-defined]
+    if not is_xen_dump(notes):
+        raise VmcoreError(f"{path}: not a dump of a Xen machine (no Xen crash-info note)")
+    facts = XenCrashFacts(notes)
+    if symbols is not None:
+        facts.symbols = dict(symbols)
+    syms = resolve_conring_symbols(facts, xen_syms, path)
+    mem = XenMemory(core, facts)
+    ring = mem.u64(syms["conring"])
+    size = mem.u32(syms["conring_size"])
+    prod = mem.u32(syms["conringp"])
+    if size == 0 or size & (size - 1) or size > MAX_CONRING_SIZE:
+        raise VmcoreError(f"{path}: implausible conring_size {size} (wrong xen-syms?)")
+    cons = mem.u32(syms["conringc"]) if "conringc" in syms else 0
+    used = (prod - cons) & 0xFFFFFFFF
+    if "conringc" not in syms or used > size:
+        used = min(prod, size)
+    start = (prod - used) & 0xFFFFFFFF
+    data = mem.read(ring, size)
+    first = start & (size - 1)
+    text = data[first:first + used]
+    if len(text) < used:
+        text += data[:used - len(text)]
+    return text.replace(b"\0", b"")
+
+
+# -- dom0 ----------------------------------------------------------------------------------
+
+class Dom0Memory:
+    """Dom0's kernel memory in a Xen dump, behind the interface :func:`read_log` uses.
+
+    ``read(va, size)`` translates a dom0 kernel virtual address through dom0's own
+    page tables (entries are machine frames: PV); ``read(pa, size, physical=True)``
+    takes a dom0 *pseudo-physical* address through the p2m.
+    """
+
+    def __init__(self, core: object) -> None:
+        self.path = getattr(core, "path", "dump")
+        self.notes = core.notes  # type: ignore[attr-defined]
+        self.vmcoreinfo: VmcoreInfo | None = core.vmcoreinfo  # type: ignore[attr-defined]
+        self.machine = getattr(core, "machine", 62)
+        self.loads = getattr(core, "loads", [])
+        self._read_machine = _machine_reader(core)
+        facts = XenCrashFacts(self.notes)
+        if self.vmcoreinfo is None:
+            raise VmcoreError(NO_DOM0_VMCOREINFO)
+        if not facts.dom0_p2m_root:
+            raise VmcoreError(f"{self.path}: Xen's crash-info note has no dom0 p2m root "
+                              "(dom0 is not PV, or Xen is too old): cannot translate dom0 addresses")
+        self.p2m_root = facts.dom0_p2m_root
+        self._p2m_pages: dict[int, int] = {}  # pfn >> 9 -> machine address of that p2m page
+        info = self.vmcoreinfo
+        name = "init_top_pgt" if info.has_symbol("init_top_pgt") else "swapper_pg_dir"
+        if not info.has_symbol(name):
+            raise VmcoreError(f"{self.path}: dom0's VMCOREINFO lacks SYMBOL(init_top_pgt): "
+                              "cannot walk dom0's page tables")
+        phys_base = info.number("phys_base") if info.has_number("phys_base") else 0
+        root_pfn = ((info.symbol(name) - START_KERNEL_MAP + phys_base) & _MASK64) >> PAGE_SHIFT
+        self._walker = _Walker(self._read_machine, self.pfn_to_mfn(root_pfn) << PAGE_SHIFT, "dom0")
+
+    def require_vmcoreinfo(self) -> VmcoreInfo:
+        assert self.vmcoreinfo is not None
+        return self.vmcoreinfo
+
+    def _u64_machine(self, maddr: int) -> int:
+        return int(_U64.unpack(self._read_machine(maddr, 8))[0])
+
+    def pfn_to_mfn(self, pfn: int) -> int:
+        """Dom0 pseudo-physical frame -> machine frame, through the 3-level p2m frame list."""
+        page = self._p2m_pages.get(pfn >> 9)
+        if page is None:
+            top = pfn >> 18
+            if top >= 512:
+                raise VmcoreError(f"dom0 pfn {pfn:#x} is beyond the p2m frame list")
+            try:
+                mid_mfn = self._u64_machine((self.p2m_root << PAGE_SHIFT) + top * 8)
+                leaf_mfn = self._u64_machine((mid_mfn << PAGE_SHIFT) + ((pfn >> 9) & 511) * 8)
+            except VmcoreError:
+                raise VmcoreError(f"dom0's p2m frame list (root MFN {self.p2m_root:#x}) is not in the dump") \
+                    from None
+            page = self._p2m_pages[pfn >> 9] = leaf_mfn << PAGE_SHIFT
+        mfn = self._u64_machine(page + (pfn & 511) * 8)
+        if mfn == INVALID_P2M_ENTRY:
+            raise VmcoreError(f"dom0 pfn {pfn:#x} has no machine frame (p2m entry invalid)")
+        return mfn & ~_P2M_FLAGS
+
+    def translate(self, va: int) -> tuple[int, int]:
+        return self._walker.translate(va)
+
+    def read(self, addr: int, size: int, *, physical: bool = False) -> bytes:
+        if size < 0 or addr < 0:
+            raise VmcoreError(f"bad read of {size} bytes at {addr:#x}")
+        try:
+            if physical:
+                def translate(pa: int) -> tuple[int, int]:
+                    off = pa & (PAGE_SIZE - 1)
+                    return (self.pfn_to_mfn(pa >> PAGE_SHIFT) << PAGE_SHIFT) + off, PAGE_SIZE - off
+
+                return _read_virtual(translate, self._read_machine, addr, size)
+            return _read_virtual(self._walker.translate, self._read_machine, addr, size)
+        except VmcoreError as err:
+            raise VmcoreError(f"{self.path}: {err}") from None
+
+    def u64(self, addr: int, *, physical: bool = False) -> int:
+        return int(_U64.unpack(self.read(addr, 8, physical=physical))[0])
+
+    def u32(self, addr: int, *, physical: bool = False) -> int:
+        return int(_U32.unpack(self.read(addr, 4, physical=physical))[0])
+
+
+def dom0_memory(core: object) -> Dom0Memory:
+    """Dom0's memory of a Xen dump (see :class:`Dom0Memory`); one-line errors."""
+    return Dom0Memory(core)
+
+
+__all__ = ["CONRING_SYMBOLS", "Dom0Memory", "NO_DOM0_VMCOREINFO", "NT_PYKEXEC_XEN_SYMBOLS", "XenCrashFacts",
+           "XenMemory", "dom0_memory", "is_xen_dump", "parse_symbol_lines", "parse_xensyms", "read_elf_symbols",
+           "resolve_conring_symbols", "xen_console_ring", "xensyms_note_desc"]
