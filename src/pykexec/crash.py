@@ -39,8 +39,8 @@ class KernelImage(namedtuple("KernelImage", "vaddr paddr size")):
 
 
 class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image page_offset kernel_release "
-                                            "extra_notes xen_phys_start",
-                             defaults=((), None, None, DEFAULT_PAGE_OFFSET, None, (), None))):
+                                            "extra_notes xen_phys_start xen_symbols",
+                             defaults=((), None, None, DEFAULT_PAGE_OFFSET, None, (), None, None))):
     """Where the running kernel (or Xen) keeps what a dump needs: per-CPU note buffers
     and VMCOREINFO (Ranges), the kernel image mapping, the direct map's base. Under Xen:
     Xen's per-pCPU notes and VMCOREINFO_XEN, ``extra_notes`` (dom0's VMCOREINFO, so its
@@ -54,6 +54,7 @@ class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image p
     kernel_release: str | None
     extra_notes: tuple[Range, ...]
     xen_phys_start: int | None
+    xen_symbols: bytes | None  # Xen's console-ring symbols read in dom0 at load time
 
     @property
     def needs_backup(self) -> bool:
@@ -63,10 +64,13 @@ class DumpSources(namedtuple("DumpSources", "cpu_notes vmcoreinfo kernel_image p
 
     def own_notes(self) -> bytes:
         """Notes we write ourselves into the elfcorehdr segment."""
-        if self.xen_phys_start is None:
-            return b""
-        return E.pack_note(E.PYKEXEC_NOTE_NAME, E.NT_PYKEXEC_XEN_PHYS_START,
-                           struct.pack("<Q", self.xen_phys_start))
+        out = b""
+        if self.xen_phys_start is not None:
+            out += E.pack_note(E.PYKEXEC_NOTE_NAME, E.NT_PYKEXEC_XEN_PHYS_START,
+                               struct.pack("<Q", self.xen_phys_start))
+        if self.xen_symbols:
+            out += E.pack_note(E.PYKEXEC_NOTE_NAME, E.NT_PYKEXEC_XEN_SYMBOLS, self.xen_symbols)
+        return out
 
 
 def release_tuple(release: str | None) -> tuple[int, int]:

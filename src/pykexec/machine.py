@@ -87,6 +87,8 @@ def parse_iomem(text: str) -> tuple[MemoryMap, list[tuple[int, Range, str]]]:
         if not m:
             raise InputError(f"/proc/iomem line {lineno} is not 'start-end : name': {line.strip()[:60]!r}")
         indent, start, last, name = m.groups()
+        if int(last, 16) < int(start, 16):
+            raise InputError(f"/proc/iomem line {lineno} ends below its start: {line.strip()[:60]!r}")
         rng = Range.inclusive(int(start, 16), int(last, 16))
         depth = len(indent) // 2
         entries.append((depth, rng, name))
@@ -96,7 +98,10 @@ def parse_iomem(text: str) -> tuple[MemoryMap, list[tuple[int, Range, str]]]:
                 regions.append(Region(rng, mtype))
     if entries and all(r.start == 0 and r.end == 1 for _, r, _ in entries):
         raise MachineError("/proc/iomem shows only zero addresses: it must be read as root")
-    return MemoryMap(regions), entries
+    try:
+        return MemoryMap(regions), entries
+    except ValueError as err:  # top-level lines that overlap
+        raise InputError(f"/proc/iomem: {err}") from None
 
 
 def read_firmware_memmap(root: str | os.PathLike[str] = "/sys/firmware/memmap") -> MemoryMap | None:
@@ -112,10 +117,14 @@ def read_firmware_memmap(root: str | os.PathLike[str] = "/sys/firmware/memmap") 
             start = int(_read_or_fail(os.path.join(d, "start")), 16)
             last = int(_read_or_fail(os.path.join(d, "end")), 16)
             name = _read_or_fail(os.path.join(d, "type")).strip()
-        except (OSError, ValueError):
+            rng = Range.inclusive(start, last)  # ValueError: end below start
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError too
             continue
-        regions.append(Region(Range.inclusive(start, last), MemType.from_name(name) or MemType.RESERVED))
-    return MemoryMap(regions) if regions else None
+        regions.append(Region(rng, MemType.from_name(name) or MemType.RESERVED))
+    try:
+        return MemoryMap(regions) if regions else None
+    except ValueError:  # overlapping entries: fall back to /proc/iomem, as when it is absent
+        return None
 
 
 def _read_or_fail(path: str | os.PathLike[str]) -> str:
@@ -206,7 +215,8 @@ def probe_xen_dom0() -> Machine:
             dump = DumpSources(cpu_notes=tuple(Range.sized(n.start, n.size) for n in notes if n.size),
                                vmcoreinfo=vmcoreinfo.range() if vmcoreinfo.size else None,
                                kernel_release=f"xen-{major}.{minor}{extra}",
-                               extra_notes=_dom0_vmcoreinfo(), xen_phys_start=x.xen_phys_start())
+                               extra_notes=_dom0_vmcoreinfo(), xen_phys_start=x.xen_phys_start(),
+                               xen_symbols=_xen_symbols())
     boot_params = _read_bytes("/sys/kernel/boot_params/data")
     return Machine(
         memory=memory,
@@ -219,6 +229,13 @@ def probe_xen_dom0() -> Machine:
         source="this machine (Xen dom0)",
         secure_boot=secure_boot_enabled(boot_params),
     )
+
+
+def _xen_symbols() -> bytes | None:
+    """Xen's console-ring symbols from dom0's /proc/xen/xensyms, for the dump."""
+    from pykexec.vmcore.xen import xensyms_note_desc
+
+    return xensyms_note_desc()
 
 
 def _dom0_vmcoreinfo() -> tuple[Range, ...]:

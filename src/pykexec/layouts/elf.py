@@ -62,6 +62,9 @@ NT_VMCOREINFO = 0
 #: dump tools when Xen's crash-info note is too old to carry it.
 PYKEXEC_NOTE_NAME = b"PYKEXEC"
 NT_PYKEXEC_XEN_PHYS_START = 1
+#: ... and Xen's console-ring symbols as dom0 read them from /proc/xen/xensyms at load
+#: time ("name=0xADDR" lines), so the hypervisor's log can be read without xen-syms.
+NT_PYKEXEC_XEN_SYMBOLS = 2
 
 
 class Elf64_Ehdr(ctypes.LittleEndianStructure):

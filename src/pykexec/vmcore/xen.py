@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import struct
 
+from pykexec.layouts.elf import NT_PYKEXEC_XEN_PHYS_START, NT_PYKEXEC_XEN_SYMBOLS, PYKEXEC_NOTE_NAME
+from pykexec.layouts.xen import XEN_ELFNOTE_CRASH_INFO
 from pykexec.vmcore import VmcoreError
 
 TYPE_CHECKING = False
@@ -54,15 +56,11 @@ if TYPE_CHECKING:
     from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 XEN_NOTE_NAME = b"Xen"
-XEN_ELFNOTE_CRASH_INFO = 0x1000001
 VMCOREINFO_XEN_NOTE_NAME = b"VMCOREINFO_XEN"
-PYKEXEC_NOTE_NAME = b"PYKEXEC"
-NT_PYKEXEC_XEN_PHYS_START = 1
 #: pykexec's load-time record of Xen symbols: ASCII ``name=0xADDRESS`` lines, read from
 #: dom0's ``/proc/xen/xensyms`` when the crash kernel is loaded (see
 #: :func:`xensyms_note_desc`).  Xen's link addresses do not move with xen_phys_start,
 #: so they stay valid until the crash.
-NT_PYKEXEC_XEN_SYMBOLS = 2
 
 #: Xen's image mapping (Xen 4.4+, x86_64): 1 GiB from here; linked at +2 MiB.
 XEN_VIRT_START = 0xFFFF82D040000000
