@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pykexec import __version__
 from pykexec import images
 from pykexec import machine as machine_mod
-from pykexec.errors import InputError, KexecError, UsageError
+from pykexec.errors import KexecError, UsageError, read_input
 from pykexec.machine import Machine
 from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, BACKEND_XEN, FileLoadInputs, LoadPlan, validate
 
@@ -102,18 +102,7 @@ def compose_cmdline(running: str, reuse: bool, append: str | None, crash: bool) 
 
 
 def _read_input(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except IsADirectoryError:
-        raise InputError(f"{what} {path} is a directory") from None
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise InputError(f"cannot read {what} {path}: {err.strerror}") from None
-    if not data:
-        raise InputError(f"{what} {path} is empty")
-    return data
+    return read_input(path, what)
 
 
 def _read_module(spec: str) -> images.Module:

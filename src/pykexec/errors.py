@@ -46,6 +46,22 @@ class PlanError(KexecError):
         self.segments = list(segments)
 
 
+def read_input(path: str, what: str, error: type[KexecError] = InputError) -> bytes:
+    """A whole input file, or ``error`` with one line naming it and what went wrong."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory") from None
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    if not data:
+        raise error(f"{what} {path} is empty")
+    return data
+
+
 class SyscallError(KexecError):
     """The kernel refused a kexec syscall; the message says why in user terms."""
 

@@ -211,7 +211,7 @@ def test_console_ring_errors(tmp_path: Path, capfdbinary: pytest.CaptureFixture[
     stripped = tmp_path / "stripped"
     stripped.write_bytes(xen_syms_file(tmp_path / "x", {}).read_bytes())
     assert cli.main(["dmesg", "--xen-syms", str(tmp_path / "nonexistent"), str(core)]) == 1
-    assert "no such file" in capfdbinary.readouterr().err.decode()
+    assert "does not exist" in capfdbinary.readouterr().err.decode()
     assert cli.main(["dmesg", "--xen-syms", str(stripped), str(core)]) == 1
     assert "has no symbol conring" in capfdbinary.readouterr().err.decode()
     assert cli.main(["dmesg", "--xen", "-x", str(core)]) == 2

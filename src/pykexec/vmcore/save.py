@@ -375,6 +375,17 @@ class _Pool:
 
 # -- progress ------------------------------------------------------------------------------
 
+def _create(dst: str, force: bool) -> int:
+    """Open DST for writing: refused if it exists unless ``force``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        return os.open(dst, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        raise UsageError(f"{dst} exists (use --force to overwrite it)") from None
+    except OSError as err:
+        raise VmcoreError(f"{dst}: cannot create: {err.strerror}") from None
+
+
 class Progress:
     """One stderr line, rewritten with ``\\r``: percentage and input MB/s (terminals only)."""
 
@@ -562,13 +573,7 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         sub.max_mapnr_64 = max_mapnr
 
         # -- write -----------------------------------------------------------------
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-        try:
-            fd = os.open(dst, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except FileExistsError:
-            raise UsageError(f"{dst} exists (use --force to overwrite it)") from None
-        except OSError as err:
-            raise VmcoreError(f"{dst}: cannot create: {err.strerror}") from None
+        fd = _create(dst, force)
         show = sys.stderr.isatty() if progress is None else progress
         bar = Progress(num_kept * page, show)
         try:
@@ -669,13 +674,7 @@ def _save_elf(core: ElfCore, dst: str, kept: list[tuple[int, int]], page: int, f
     note_off = head
     data_start = -(-(note_off + len(note_blob)) // page) * page
 
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(dst, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileExistsError:
-        raise UsageError(f"{dst} exists (use --force to overwrite it)") from None
-    except OSError as err:
-        raise VmcoreError(f"{dst}: cannot create: {err.strerror}") from None
+    fd = _create(dst, force)
     pieces: list[_ElfPiece] = []
     show = sys.stderr.isatty() if progress is None else progress
     bar = Progress(sum(e - s for s, e in kept) * page, show)

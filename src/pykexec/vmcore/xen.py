@@ -201,15 +201,9 @@ def read_elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
 
     Raises :class:`VmcoreError` for a file that is not an ELF64 with a symbol table.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise VmcoreError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise VmcoreError(f"{path}: is a directory") from None
-    except OSError as err:
-        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
+    from pykexec.errors import read_input
+
+    data = read_input(path, "xen-syms", VmcoreError)
     if data[:4] != b"\x7fELF" or len(data) < 64 or data[4] != 2 or data[5] != 1:
         raise VmcoreError(f"{path}: not an ELF64 little-endian file (expected an unstripped xen-syms)")
     shoff, = struct.unpack_from("<Q", data, 0x28)
