@@ -31,6 +31,8 @@ class LoadRequest:
                  initrd: bytes | None = None, crash: bool = False, mem_min: int = 0,
                  mem_max: int = (1 << 64) - 1, backend: str = "kexec_load", purgatory_console: int = 0,
                  memmap_cmdline: bool = False, modules: list[Module] | None = None) -> None:
+        if mem_min > mem_max:  # the CLI checks too; a library caller would get a ValueError from Range
+            raise UsageError(f"--mem-min {mem_min:#x} is above --mem-max {mem_max:#x}")
         self.kernel_path = kernel_path
         self.kernel = kernel
         self.machine = machine
@@ -83,16 +85,24 @@ def decompress(data: bytes, what: str) -> bytes:
         return data
     import zlib
 
+    # First pass: inflate in 1 MiB pieces and throw them away, so that a bomb is refused
+    # (or a truncated or broken stream named) without holding its output.
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    size, rest = 0, data
     try:
-        out = d.decompress(data, MAX_DECOMPRESSED)
+        while not d.eof:
+            piece = d.decompress(rest, 1 << 20)
+            rest = d.unconsumed_tail
+            size += len(piece)
+            if size > MAX_DECOMPRESSED:
+                raise ImageFormatError(f"{what}: decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
+            if not piece and not rest:
+                break  # input used up before the end of the stream
     except zlib.error as err:
         raise ImageFormatError(f"{what}: broken gzip data ({err})") from None
-    if d.unconsumed_tail:
-        raise ImageFormatError(f"{what}: decompresses to more than {MAX_DECOMPRESSED >> 20} MiB")
     if not d.eof:
         raise ImageFormatError(f"{what}: gzip data is truncated")
-    return out
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, size + 1)
 
 
 def select(data: bytes, forced: str | None = None) -> ImageType:

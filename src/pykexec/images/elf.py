@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 EM_X86_64 = "EM_X86_64"
 MAX_PT_LOADS = 64  # a vmlinux has about five; far more means a hostile file
+MAX_ZERO_FILL = 64 << 20  # zeros written between two PT_LOADs sharing a page (a vmlinux: < 4 KiB)
 
 
 def _elf(data: bytes) -> "ELFFile":
@@ -53,6 +54,10 @@ def load_segments(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
     elf = _elf(data)
     loads = []
     try:
+        phoff, phnum, phentsize = elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"]
+        if phnum and (phentsize < (56 if elf.elfclass == 64 else 32) or phoff + phnum * phentsize > len(data)):
+            raise ImageFormatError(f"{phnum} program headers of {phentsize} bytes at offset {phoff:#x} "
+                                   f"do not fit in the {len(data)}-byte file")
         for ph in elf.iter_segments():
             if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
                 continue
@@ -64,7 +69,7 @@ def load_segments(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
             if len(loads) > MAX_PT_LOADS:
                 raise ImageFormatError(f"more than {MAX_PT_LOADS} PT_LOAD segments")
         entry = elf["e_entry"]
-    except (ELFError, ValueError, KeyError) as err:
+    except (ELFError, ValueError, KeyError, OverflowError) as err:
         raise ImageFormatError(f"broken ELF program headers: {err}") from None
     if not loads:
         raise ImageFormatError("no PT_LOAD segments")
@@ -75,12 +80,17 @@ def merge_loads(loads: list[tuple[int, int, bytes]]) -> list[tuple[int, int, byt
     """Page-align PT_LOADs into kexec segments, merging those that share a page
     (kexec segments must be page aligned and must not overlap)."""
     merged: list[tuple[int, int, bytearray]] = []
+    prev_end = 0
     for paddr, memsz, body in sorted(loads, key=lambda x: x[0]):
         start, end = align_down(paddr, PAGE_SIZE), align_up(paddr + memsz, PAGE_SIZE)
         if merged and start < merged[-1][0] + merged[-1][1]:
             mstart, msize, buf = merged[-1]
-            if paddr < mstart + len(buf) and body:
+            if paddr < prev_end:
                 raise ImageFormatError(f"PT_LOADs overlap at {paddr:#x}")
+            if body and paddr - mstart - len(buf) > MAX_ZERO_FILL:
+                # The previous PT_LOAD's zeros up to here would have to be materialised.
+                raise ImageFormatError(f"PT_LOAD at {paddr:#x} shares a page with one whose "
+                                       f"{paddr - mstart - len(buf):#x} bytes of zeros precede it")
             msize = max(msize, end - mstart)
         else:
             mstart, msize, buf = start, end - start, bytearray()
@@ -91,6 +101,7 @@ def merge_loads(loads: list[tuple[int, int, bytes]]) -> list[tuple[int, int, byt
                 buf.extend(bytes(rel - len(buf)))
             buf[rel:rel + len(body)] = body
         merged[-1] = (mstart, msize, buf)
+        prev_end = max(prev_end, paddr + memsz)
     return merged
 
 

@@ -84,7 +84,8 @@ def probe(data: bytes) -> str | None:
 def header_tags(data: bytes, offset: int, length: int) -> list[HeaderTag]:
     """The header's tags up to END, each checked to lie inside the header."""
     tags = []
-    pos, end = offset + ctypes.sizeof(mb2.Header), offset + length
+    # probe checks the length against the file; the clamp keeps this safe on its own too.
+    pos, end = offset + ctypes.sizeof(mb2.Header), min(offset + length, len(data))
     while True:
         if pos + ctypes.sizeof(mb2.HeaderTag) > end:
             raise ImageFormatError(f"Multiboot 2 header at {offset:#x} has no END tag within its "

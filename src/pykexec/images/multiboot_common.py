@@ -108,6 +108,9 @@ def aout_image(data: bytes, header_offset: int, header_addr: int, load_addr: int
     up to ``load_end_addr`` (0: to the end of the file), zeros up to ``bss_end_addr``."""
     if load_addr == mb2.ADDRESS_LOAD_FROM_START:  # Multiboot 2: "load from the file's start"
         load_addr = header_addr - header_offset
+        if load_addr < 0:
+            raise ImageFormatError(f"{what}: header_addr {header_addr:#x} is below the header's file offset "
+                                   f"{header_offset:#x}, so the file would start below address 0")
     if load_addr > header_addr:
         raise ImageFormatError(f"{what}: load_addr {load_addr:#x} is above header_addr {header_addr:#x}")
     file_offset = header_offset - (header_addr - load_addr)
@@ -188,6 +191,9 @@ def _relocate(alloc: Allocator, image: ImageLoad, ranges: list[Range], path: str
     and that spot is allowed and free)."""
     lo = max(reloc.min_addr, LOW_MEMORY_END)
     hi = min(reloc.max_addr, LAST_32BIT)
+    if lo > hi:
+        raise ImageFormatError(f"{path}: RELOCATABLE range [{reloc.min_addr:#x}, {reloc.max_addr:#x}] has no room "
+                               "between 1 MiB and 4 GiB")
     if reloc.preference == mb2.RELOC_PREFERENCE_NONE and image.base >= lo and image.end - 1 <= hi \
             and _is_free(alloc, ranges):
         return None

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Sequence
 
+from pykexec.errors import KexecError
 from pykexec.layouts.purgatory import (
     HEADER_VERSION,
     MAGIC,
@@ -46,8 +47,8 @@ _U32 = (1 << 32) - 1
 _PAGE = 4096
 
 
-class PurgatoryError(ValueError):
-    """Bad purgatory blob or parameters."""
+class PurgatoryError(KexecError, ValueError):
+    """Bad purgatory blob or parameters (a KexecError: one line on the CLI, never a traceback)."""
 
 
 class Mode(IntEnum):

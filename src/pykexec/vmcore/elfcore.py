@@ -46,6 +46,9 @@ from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 MAX_COPY = 256 << 20
 #: Largest PT_NOTE we parse; real ones are a few KiB per CPU.
 MAX_NOTE_SEGMENT = 64 << 20
+#: Most notes we keep, over all PT_NOTEs (several PT_NOTEs may point at the same bytes):
+#: Linux writes one or two per CPU plus VMCOREINFO, Xen a few per CPU; NR_CPUS <= 8192.
+MAX_NOTES = 1 << 17
 PN_XNUM = 0xFFFF
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -136,6 +139,7 @@ class ElfCore:
 
         self.loads: list[Load] = []
         self.notes: list[Note] = []
+        note_bytes = 0
         for (p_type, _pflags, off, vaddr, paddr, filesz, memsz, _align) in PHDR64_FMT.iter_unpack(
                 mv[phoff:phoff + phnum * PHDR64_FMT.size]):
             if p_type == PT_LOAD:
@@ -145,12 +149,16 @@ class ElfCore:
                 avail = max(0, min(filesz, self.size - off))
                 self.loads.append(Load(off, vaddr, paddr, filesz, memsz, avail))
             elif p_type == PT_NOTE:
-                if filesz > MAX_NOTE_SEGMENT:
-                    raise self._err(f"PT_NOTE of {filesz} bytes is implausibly large")
+                note_bytes += filesz  # each note's bytes are copied: bound them all, not each PT_NOTE
+                if note_bytes > MAX_NOTE_SEGMENT:
+                    raise self._err(f"PT_NOTEs of {note_bytes} bytes in all are implausibly large")
                 if off + filesz > self.size:
                     raise self._err("truncated: PT_NOTE runs past the end of the file")
                 try:
-                    self.notes.extend(iter_notes(mv[off:off + filesz]))
+                    for note in iter_notes(mv[off:off + filesz]):
+                        if len(self.notes) >= MAX_NOTES:
+                            raise self._err(f"more than {MAX_NOTES} notes: corrupt program headers")
+                        self.notes.append(note)
                 except NoteFormatError as err:
                     raise self._err(f"corrupt note: {err}") from None
 
