@@ -132,7 +132,7 @@ def read_kcore_layout(path: str | os.PathLike[str]) -> tuple[KernelImage | None,
                 return None, None
             f.seek(phoff)
             table = f.read(phnum * E.PHDR64_FMT.size)
-    except (OSError, struct.error):  # lockdown=confidentiality, no CONFIG_PROC_KCORE
+    except (OSError, struct.error, ValueError):  # lockdown=confidentiality, no CONFIG_PROC_KCORE; bad e_phoff
         return None, None
     image = page_offset = None
     for i in range(len(table) // E.PHDR64_FMT.size):

@@ -323,6 +323,11 @@ def _range(obj: object, what: str) -> Range:
     return Range.inclusive(start, last)
 
 
+def _names(keys: set[str]) -> str:
+    """Keys for a one-line message: as written, or quoted when they hold newlines and the like."""
+    return ", ".join(k if k.isprintable() else repr(k) for k in sorted(keys))
+
+
 def from_dict(data: object, source: str = "--machine") -> Machine:
     """Build a Machine from the documented JSON description (see docs/machine-file.md)."""
     if not isinstance(data, dict):
@@ -330,7 +335,7 @@ def from_dict(data: object, source: str = "--machine") -> Machine:
     unknown = set(data) - {"memory", "crash_kernel", "xen", "cmdline", "lockdown", "acpi_rsdp", "dump",
                            "secure_boot"}
     if unknown:
-        raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise InputError(f"{source}: unknown key(s) {_names(unknown)}")
     mem = data.get("memory")
     if not isinstance(mem, list) or not mem:
         raise InputError(f"{source}: \"memory\" must be a non-empty list of {{start, end, type}}")
@@ -390,7 +395,7 @@ def _dump_sources(d: object, source: str) -> "DumpSources":
         raise InputError(f"{source}: \"dump\" must be an object")
     unknown = set(d) - {"cpu_notes", "vmcoreinfo", "kernel_image", "page_offset", "kernel_release"}
     if unknown:
-        raise InputError(f"{source}: unknown key(s) in dump: {', '.join(sorted(unknown))}")
+        raise InputError(f"{source}: unknown key(s) in dump: {_names(unknown)}")
     notes = d.get("cpu_notes", [])
     if not isinstance(notes, list):
         raise InputError(f"{source}: dump.cpu_notes must be a list of {{start, end}}")

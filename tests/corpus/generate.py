@@ -184,6 +184,7 @@ def machine_cases(d: Path) -> list[Case]:
         "m-empty": "",
         "m-top-level-list": "[]",
         "m-binary": "\udcff",
+        "m-newline-key": json.dumps({**MACHINE_1G, "\nbogus": 1}),  # bug: a two-line message
     }
     for name, text in texts.items():
         (d / f"{name}.json").write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -208,6 +209,7 @@ def machine_cases(d: Path) -> list[Case]:
         ("m-top-level-list", run("m-top-level-list"), "top level must be a JSON object"),
         ("m-binary", run("m-binary"), "not a text file"),
         ("m-directory", run("m-directory"), "is a directory"),
+        ("m-newline-key", run("m-newline-key"), "unknown key(s) '\\nbogus'"),
         ("m-missing-file", run("m-no-such-file"), "cannot read machine file"),
     ]
 
@@ -297,6 +299,11 @@ def vmcore_cases(d: Path) -> list[Case]:
     (d / "vmcore-note-bytes-multiplication").write_bytes(ehdr + phdr * 100 + big)
     bad_info = [x for x in lines if not x.startswith("SIZE(printk_ringbuffer)")] + ["SIZE(printk_ringbuffer)=x"]
     _core_file(d / "vmcore-vmcoreinfo-not-number", Memory.standard(buf_size=0x4000), base_vmcoreinfo() + bad_info)
+    # CRASHTIME beyond time_t: -T computed a date the platform cannot represent (bug: traceback).
+    far = [x for x in base_vmcoreinfo() if not x.startswith("CRASHTIME")] + ["CRASHTIME=99999999999999999999"]
+    m6 = Memory.standard(buf_size=0x4000)
+    l6, _ = lockless_log(m6, make_msgs(3), count_bits=3, size_bits=9)
+    _core_file(d / "vmcore-crashtime-overflow", m6, far + l6)
     dmesg = ["vmcore", "dmesg"]
     return [
         ("vmcore-truncated-mid-notes", dmesg + ["{dir}/vmcore-truncated-mid-notes"], "PT_NOTE runs past the end"),
@@ -315,6 +322,7 @@ def vmcore_cases(d: Path) -> list[Case]:
          "implausibly large"),
         ("vmcore-vmcoreinfo-not-number", dmesg + ["{dir}/vmcore-vmcoreinfo-not-number"], "is not a number"),
         ("vmcore-missing-file", dmesg + ["{dir}/no-such-dump"], "no such file"),
+        ("vmcore-crashtime-overflow", dmesg + ["-T", "{dir}/vmcore-crashtime-overflow"], "is out of range"),
         ("vmcore-directory", ["vmcore", "info", "{dir}/subdir"], "is a directory"),
     ]
 

@@ -193,3 +193,10 @@ def test_read_kcore_layout(workdir: Path, data: bytes) -> None:
     path.write_bytes(data)
     result = outcome(crash.read_kcore_layout, path)
     assert isinstance(result, tuple)
+
+
+def test_kcore_phoff_beyond_off_t(workdir: Path) -> None:
+    """Regression (found by the fuzzer): e_phoff >= 2**63 made seek() raise ValueError."""
+    path = workdir / "kcore-far"
+    path.write_bytes(_kcore_seed()[:32] + struct.pack("<Q", 1 << 63) + _kcore_seed()[40:])
+    assert crash.read_kcore_layout(path) == (None, None)

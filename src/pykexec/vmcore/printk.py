@@ -378,8 +378,12 @@ def boot_time(log: KernelLog, crashtime: int | None) -> float:
 
 
 def _ctime(t: float) -> bytes:
-    tm = time.localtime(t)
-    return time.strftime(f"[%a %b {tm.tm_mday:2d} %H:%M:%S %Y] ", tm).encode()
+    try:
+        tm = time.localtime(t)
+        return time.strftime(f"[%a %b {tm.tm_mday:2d} %H:%M:%S %Y] ", tm).encode()
+    except (OverflowError, OSError, ValueError):  # a corrupt CRASHTIME or timestamp
+        raise VmcoreError(f"wall-clock time {t:.0f} is out of range: CRASHTIME or the timestamps are "
+                          "corrupt (-T)") from None
 
 
 def _caller(caller_id: int) -> bytes:
