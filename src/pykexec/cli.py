@@ -352,6 +352,8 @@ def run(argv: Sequence[str]) -> int:
     if args.json and not (args.dry_run or args.machine):
         raise UsageError("--json only applies to --dry-run plans")
     if args.status:  # overrides every other action, as in kexec-tools
+        if args.machine:
+            raise UsageError("-S reports what this machine has loaded; --machine only describes one for plans")
         if _xen_dom0():
             from pykexec.backends import xen
 
@@ -373,7 +375,7 @@ def run(argv: Sequence[str]) -> int:
     if args.load or args.load_panic:
         return do_load(args)
     if args.exec:
-        if args.dry_run:
+        if args.dry_run or args.machine:  # --machine implies --dry-run, for -e too
             print("would execute the loaded kexec image")
             return 0
         from pykexec.lock import Lock

@@ -170,3 +170,12 @@ def test_einval_names_the_segment():
     assert "more than half" in diagnose_einval(plan, ok_iomem, "MemTotal:   60000 kB\n")
     assert "no segment breaks" in diagnose_einval(plan, ok_iomem, "MemTotal: 1000000 kB\n")
     assert explain(22, "kexec_load", plan).startswith("kexec_load failed: the kernel rejected the segments (EINVAL): ")
+
+
+def test_machine_file_never_acts_on_this_machine(capsys, machine_file):
+    rc, out, _ = run(capsys, "-e", "--machine", str(machine_file))
+    assert rc == 0 and "would execute" in out
+    rc, out, _ = run(capsys, "-u", "--machine", str(machine_file))
+    assert rc == 0 and "would unload" in out
+    rc, _, err = run(capsys, "-S", "--machine", str(machine_file))
+    assert rc == 2 and "--machine only describes" in err

@@ -141,6 +141,7 @@ class KdumpFile:
         except OSError as err:
             raise VmcoreError(f"{self.path}: cannot open: {err.strerror}") from None
         try:
+            self._size = os.fstat(self._fd).st_size
             self._parse()
         except BaseException:
             os.close(self._fd)
@@ -151,6 +152,11 @@ class KdumpFile:
         return VmcoreError(f"{self.path}: {msg}")
 
     def _pread(self, size: int, offset: int) -> bytes:
+        # Sizes and offsets come from the header: check them against the file before
+        # asking for a buffer that large.
+        if size < 0 or offset < 0 or offset + size > self._size:
+            raise self._err(f"corrupt or truncated: {size:#x} bytes at offset {offset:#x} run past the end "
+                            f"of the {self._size:#x}-byte file")
         data = os.pread(self._fd, size, offset)
         if len(data) != size:
             raise self._err(f"truncated: {size} bytes at offset {offset:#x} past the end of the file")
