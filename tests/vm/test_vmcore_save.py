@@ -86,21 +86,17 @@ def test_save_zstd_read_back_by_drgn(vmcore: tuple[str, Path], tmp_path: Path) -
         assert abs(excluded - kernel_free) <= 16, (excluded, kernel_free)
         assert excluded > ram // 2
 
-        try:
-            import drgn
-        except ImportError:
-            drgn = None
-        if drgn is not None and getattr(drgn, "_with_libkdumpfile", False):
-            prog = drgn.Program()
-            prog.set_core_dump(str(dst))
-            read = lambda pfn: prog.read(pfn * 4096, 4096, True)  # noqa: E731
-            with pytest.raises(drgn.FaultError):   # an excluded (free) page is not in the dump
-                prog.read(next(p for p in range(k.max_mapnr) if k.is_ram(p) and not k.is_saved(p)) * 4096,
-                          8, True)
-        else:
-            # drgn is not in the test extras yet: our reader, itself checked against
-            # makedumpfile's output below, stands in.
-            read = k.read_page
+        # drgn reads kdump-compressed files through libkdumpfile: an independent reader.
+        import drgn
+
+        if not getattr(drgn, "_with_libkdumpfile", False):
+            pytest.fail("this drgn build has no libkdumpfile: it cannot read kdump-compressed files")
+        prog = drgn.Program()
+        prog.set_core_dump(str(dst))
+        read = lambda pfn: prog.read(pfn * 4096, 4096, True)  # noqa: E731
+        with pytest.raises(drgn.FaultError):   # an excluded (free) page is not in the dump
+            prog.read(next(p for p in range(k.max_mapnr) if k.is_ram(p) and not k.is_saved(p)) * 4096,
+                      8, True)
         for pfn in saved:
             assert read(pfn) == core.read(pfn * 4096, 4096, physical=True), hex(pfn)
 
