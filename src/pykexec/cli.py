@@ -270,7 +270,7 @@ def _crash_loaded() -> bool:
 
 def _load_linux(args: argparse.Namespace, machine: Machine, kernel: bytes, image_type: images.ImageType,
                 backend: str) -> int:
-    from pykexec.backends import linux
+    from pykexec.backends import dryrun, linux
 
     if backend == BACKEND_KEXEC_FILE_LOAD:
         plan = make_plan(args, machine, kernel, image_type, backend)

@@ -152,8 +152,11 @@ def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tm
     monkeypatch.setattr(linux, "kexec_file_load", rec.kexec_file_load)
     monkeypatch.setattr(linux, "kexec_load", rec.kexec_load)
     monkeypatch.setattr(machine_mod, "probe", lambda: machine_mod.from_dict(dict(MACHINE_1G, lockdown=lockdown)))
-    code, _, err = run(capsys, "-l", str(bzimage_file), "--append", "x")
-    assert (code, rec.calls) == (rc, expect_calls)
+    # -d too: the plan is printed on stderr before a kexec_load
+    code, _, err = run(capsys, "-d", "-l", str(bzimage_file), "--append", "x")
+    assert (code, rec.calls) == (rc, expect_calls), err
+    if "kexec_load:bzImage64" in rec.calls:
+        assert "backend: kexec_load" in err and "purgatory" in err
     if message:
         assert message in err and err.count("\n") == 1
 
