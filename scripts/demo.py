@@ -2,8 +2,9 @@
 
 1. pykexec -l with an initrd and a command line (kexec_load through pykexec's own
    purgatory, plan printed), then pykexec -e: the second kernel reports its command line.
-2. A guest booted with crashkernel=256M loads a crash kernel with pykexec -p, panics,
-   and the crash kernel finds /proc/vmcore.
+2. A guest booted with crashkernel=256M loads a crash kernel with pykexec -c -p (our
+   elfcorehdr and purgatory), panics, and in the crash kernel pykexec reads the dump:
+   `vmcore info` and the dying kernel's last log lines with `vmcore dmesg`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
 
-from testbed import Assets, run_guest_script  # noqa: E402
+from testbed import Assets, build_initramfs, run_guest_script  # noqa: E402
 
 KEXEC_CMDLINE = "console=ttyS0 panic=-1 demo=pykexec-was-here"
+# What the crash kernel runs: read the dump pykexec's elfcorehdr describes.
+CRASH_INIT = """
+echo "PYKEXEC-DEMO crash kernel up: $(cat /proc/cmdline)"
+pykexec vmcore info /proc/vmcore | sed 's/^/PYKEXEC-DEMO info: /'
+pykexec vmcore dmesg /proc/vmcore > /tmp/log
+echo "PYKEXEC-DEMO dmesg: $(wc -l < /tmp/log) lines; the panic:"
+grep -m1 'Kernel panic' /tmp/log | sed 's/^/PYKEXEC-DEMO dmesg: /'
+"""
 
 
 def show(run, markers: tuple[str, ...]) -> None:
@@ -37,15 +46,18 @@ def main() -> int:
     ok1 = cmdline == KEXEC_CMDLINE
     print(f"  -> second kernel up with the exact command line: {'yes' if ok1 else 'NO'}  ({run.log_path})")
 
-    print("== 2. kdump: pykexec -p, echo c > /proc/sysrq-trigger, crash kernel reads /proc/vmcore")
+    print("== 2. kdump: pykexec -c -p, echo c > /proc/sysrq-trigger, pykexec reads /proc/vmcore in the crash kernel")
+    crash_initrd = build_initramfs(assets.built / "demo-crash.cpio.gz", CRASH_INIT, {}, with_python=True,
+                                   with_pykexec=True, assets=assets, kernels=(), compress=True)
     run = run_guest_script(
-        "pykexec -p /boot/vmlinuz --initrd /boot/second.cpio.gz "
+        "pykexec -c -p /boot/vmlinuz --initrd /boot/crash.cpio.gz "
         "--append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices'\n"
         "pykexec -S -p; echo crash-kernel-loaded=$?\n"
-        "echo c > /proc/sysrq-trigger\n", assets, append_extra="crashkernel=256M")
-    show(run, ("crash-kernel-loaded", "PYKEXEC-SECOND"))
-    ok2 = "PYKEXEC-SECOND-KERNEL-VMCORE size=" in run
-    print(f"  -> crash kernel up with /proc/vmcore: {'yes' if ok2 else 'NO'}  ({run.log_path})")
+        "echo c > /proc/sysrq-trigger\n", assets, append_extra="crashkernel=256M",
+        extra_files={"/boot/crash.cpio.gz": crash_initrd})
+    show(run, ("crash-kernel-loaded", "PYKEXEC-DEMO"))
+    ok2 = any("PYKEXEC-DEMO dmesg" in line and "sysrq triggered crash" in line for line in run.log.splitlines())
+    print(f"  -> crash kernel read the dump and found the panic: {'yes' if ok2 else 'NO'}  ({run.log_path})")
     return 0 if ok1 and ok2 else 1
 
 
