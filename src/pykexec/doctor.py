@@ -149,14 +149,15 @@ def check_crash_region(sys_: System) -> list[Finding]:
 
 def _crash_need(sys_: System) -> int:
     """Bytes the running kernel's image (init_size) and initrd would take as a crash kernel."""
+    from pykexec.errors import ImageFormatError
+    from pykexec.images.bzimage import parse
+
     try:
         with open(sys_.path(f"/boot/vmlinuz-{sys_.release}"), "rb") as f:
-            head = f.read(0x26C)
-    except OSError:
+            head = f.read(1 << 16)  # the setup header and enough after it for parse's checks
+        init_size = parse(head).header.init_size
+    except (OSError, ImageFormatError):
         return 0
-    if len(head) < 0x26C or head[0x202:0x206] != b"HdrS":
-        return 0
-    init_size = int.from_bytes(head[0x260:0x264], "little")
     try:
         initrd = os.path.getsize(sys_.path(f"/boot/initrd.img-{sys_.release}"))
     except OSError:

@@ -5,6 +5,7 @@ lockdown, firmware tables. Probed from the running system, or read from a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from collections import namedtuple
@@ -190,8 +191,11 @@ def probe() -> Machine:
 def secure_boot_enabled(boot_params: bytes | None) -> bool:
     """The firmware's Secure Boot state as the running kernel recorded it in boot_params
     (0x1ec: 3 = enabled), else the SecureBoot EFI variable."""
-    if boot_params is not None and len(boot_params) > 0x1EC and boot_params[0x1EC] in (2, 3):
-        return boot_params[0x1EC] == 3
+    from pykexec.layouts.boot_params import BootParams
+
+    off = BootParams.secure_boot.offset
+    if boot_params is not None and len(boot_params) > off and boot_params[off] in (2, 3):
+        return boot_params[off] == 3
     var = _read_bytes("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
     return bool(var) and var[-1] == 1
 
@@ -257,9 +261,13 @@ def _probe_dump() -> "DumpSources":
 def read_efi(boot_params: bytes | None, root: str | os.PathLike[str] = "/sys/firmware/efi") -> EfiFirmware | None:
     """EFI hand-over data, or None when not booted by EFI or when a piece is missing
     (then the next kernel boots without EFI runtime services, as with noefi)."""
-    if boot_params is None or len(boot_params) < 0x1E0 or not os.path.isdir(root):
+    from pykexec.layouts.boot_params import BootParams, EfiInfo
+
+    start = BootParams.efi_info.offset
+    end = start + ctypes.sizeof(EfiInfo)
+    if boot_params is None or len(boot_params) < end or not os.path.isdir(root):
         return None
-    efi_info = boot_params[0x1C0:0x1E0]
+    efi_info = boot_params[start:end]
     if not any(efi_info):
         return None
 
@@ -282,8 +290,11 @@ def read_efi(boot_params: bytes | None, root: str | os.PathLike[str] = "/sys/fir
 
 
 def _find_rsdp(boot_params: bytes | None) -> int | None:
-    if boot_params and len(boot_params) >= 0x78:
-        addr = int.from_bytes(boot_params[0x70:0x78], "little")
+    from pykexec.layouts.boot_params import BootParams
+
+    off = BootParams.acpi_rsdp_addr.offset
+    if boot_params and len(boot_params) >= off + 8:
+        addr = int.from_bytes(boot_params[off:off + 8], "little")
         if addr:
             return addr
     systab = _read("/sys/firmware/efi/systab")

@@ -66,3 +66,14 @@ def vm_log_dir(request: pytest.FixtureRequest, assets: Assets) -> Path:
     d = assets.cache / "logs" / request.node.name.replace("/", "_")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="module", params=["6.1", "6.12"])
+def vmcore(request: pytest.FixtureRequest, assets: Assets) -> tuple[str, Path]:
+    """(kernel flavour, path) of a real crash dump of that guest, made once and cached."""
+    from vmcore_fixture import real_vmcore
+
+    try:
+        return request.param, real_vmcore(assets, request.param)
+    except TestbedError as err:
+        pytest.fail(f"could not make a real vmcore: {err}")

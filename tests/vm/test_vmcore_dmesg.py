@@ -12,21 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from testbed import Assets, TestbedError
-from vmcore_fixture import real_vmcore
 
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.printk import LOCKLESS, format_log, read_log
 
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
-
-
-@pytest.fixture(scope="module", params=["6.1", "6.12"])
-def vmcore(request: pytest.FixtureRequest, assets: Assets) -> tuple[str, Path]:
-    try:
-        return request.param, real_vmcore(assets, request.param)
-    except TestbedError as err:
-        pytest.fail(f"could not make a real vmcore: {err}")
 
 
 def _oracle(path: Path) -> bytes:

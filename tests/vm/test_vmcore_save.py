@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from testbed import Assets, TestbedError
-from vmcore_fixture import real_vmcore
 
 from pykexec.layouts import kdump as L
 from pykexec.vmcore.elfcore import ElfCore
@@ -29,14 +27,6 @@ from pykexec.vmcore.kdump import KdumpFile, PageTables
 from pykexec.vmcore.save import save
 
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
-
-
-@pytest.fixture(scope="module", params=["6.1", "6.12"])
-def vmcore(request: pytest.FixtureRequest, assets: Assets) -> tuple[str, Path]:
-    try:
-        return request.param, real_vmcore(assets, request.param)
-    except TestbedError as err:
-        pytest.fail(f"could not make a real vmcore: {err}")
 
 
 def _need(tool: str) -> str:

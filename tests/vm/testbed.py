@@ -465,9 +465,7 @@ class Assets:
         tree = self.python_tree()
 
         def build(w: CpioWriter) -> None:
-            for child in sorted(tree.iterdir()):
-                if child.name != ".done":
-                    w.host_path(child.name, child)
+            _add_tree(w, tree)
             w.mkdir("usr/lib/python3/dist-packages")
         return self._segment("python", tree.name, build)
 
@@ -540,11 +538,7 @@ class Assets:
     def pykexec_segment(self) -> Path:
         tree = self.pykexec_tree()
 
-        def build(w: CpioWriter) -> None:
-            for child in sorted(tree.iterdir()):
-                if child.name != ".done":
-                    w.host_path(child.name, child)
-        return self._segment("pykexec", tree.name, build)
+        return self._segment("pykexec", tree.name, lambda w: _add_tree(w, tree))
 
     def second_initrd(self) -> Path:
         """The standard second-kernel initramfs (busybox only).
@@ -577,6 +571,13 @@ class Assets:
             w.host_path("boot/second.cpio.gz", second)
         key = "|".join([boot_flavour, second.name, *(k.package for k in kernels)])
         return self._segment("kernels", key, build)
+
+
+def _add_tree(w: CpioWriter, tree: Path) -> None:
+    """A built tree's contents (not its ``.done`` stamp) at the guest's root."""
+    for child in sorted(tree.iterdir()):
+        if child.name != ".done":
+            w.host_path(child.name, child)
 
 
 def _host_python311() -> str:
