@@ -27,7 +27,8 @@ from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
 from pykexec.vmcore import VmcoreError
 from pykexec.vmcore.kdump import KdumpFile
-from pykexec.vmcore.save import find_free_pages, merge, save, set_bits, subtract
+from pykexec.vmcore.filtering import find_free_pages, merge, set_bits, subtract
+from pykexec.vmcore.save import save
 
 PAGE = 4096
 NPAGES = 2048                      # 8 MiB of RAM
