@@ -3,7 +3,11 @@ the CLI prints ``str(err)`` as one line and exits non-zero, never a traceback.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pykexec.plan import Segment
 
 
 class KexecError(Exception):

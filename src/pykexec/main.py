@@ -6,7 +6,9 @@ Kept tiny so that ``pykexec vmcore ...`` does not pay for the kexec CLI's import
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Mapping, Sequence
@@ -495,6 +494,7 @@ class Assets:
                            if p.is_file() and "__pycache__" not in p.parts
                            and ".egg-info" not in str(p.relative_to(self.repo))
                            and p.suffix != ".pyc")
+        src_files.append(self.repo / "bin" / "pykexec")
         parts: list[bytes | str] = [_LAYOUT_VERSION, (self.repo / "pyproject.toml").read_bytes()]
         for p in src_files:
             parts += [str(p.relative_to(self.repo)), p.read_bytes()]
@@ -524,11 +524,9 @@ class Assets:
             _compile_tree(site, guest_prefix="/usr/lib/python3/dist-packages")
             wrapper = tmp / "usr" / "sbin" / "pykexec"
             wrapper.parent.mkdir(parents=True)
-            # The console script the package declares (pip's own wrapper has a host shebang).
-            with open(self.repo / "pyproject.toml", "rb") as f:
-                module, func = tomllib.load(f)["project"]["scripts"]["pykexec"].split(":")
-            wrapper.write_text(f"#!/usr/bin/python3.11\nimport sys\n"
-                               f"from {module} import {func}\nsys.exit({func}())\n")
+            # The package's own script (pip's copy has a host shebang).
+            script = (self.repo / "bin" / "pykexec").read_text()
+            wrapper.write_text("#!/usr/bin/python3.11\n" + script.split("\n", 1)[1])
             wrapper.chmod(0o755)
             (tmp / ".done").touch()
             shutil.rmtree(tree, ignore_errors=True)

@@ -12,6 +12,44 @@ from __future__ import annotations
 
 from pykexec.errors import KexecError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import os
+
+    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.kdump import KdumpCore
+
 
 class VmcoreError(KexecError):
     """A dump cannot be read, or the kernel log in it is unusable; one line."""
+
+
+def open_dump(path: str | os.PathLike[str]) -> ElfCore | KdumpCore:
+    """An ELF core (/proc/vmcore, makedumpfile -E) or a kdump-compressed file (ours or
+    makedumpfile's), told apart by their first bytes.
+
+    The kdump reader (ctypes layouts) is imported only for kdump files: reading
+    the log of an ELF core is a short command, and imports are most of it.
+    """
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+    except IsADirectoryError:
+        raise VmcoreError(f"{path}: is a directory") from None
+    except FileNotFoundError:
+        raise VmcoreError(f"{path}: no such file") from None
+    except OSError as err:
+        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
+    if magic.startswith(b"\x7fELF"):
+        from pykexec.vmcore.elfcore import ElfCore
+
+        return ElfCore(path)
+    from pykexec.layouts.kdump import KDUMP_SIGNATURE
+
+    if magic == KDUMP_SIGNATURE:
+        from pykexec.vmcore.kdump import KdumpCore
+
+        return KdumpCore(path)
+    if magic.startswith(b"makedump"):
+        raise VmcoreError(f"{path}: a flattened makedumpfile stream: convert it with makedumpfile -R first")
+    raise VmcoreError(f"{path}: neither an ELF core nor a kdump-compressed dump")

@@ -125,7 +125,7 @@ def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
 
 def dmesg(opts: DmesgOptions) -> bytes:
     """The text ``vmcore dmesg`` prints for ``opts``."""
-    from pykexec.vmcore.kdump import open_dump
+    from pykexec.vmcore import open_dump
     from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
@@ -151,7 +151,7 @@ def dmesg(opts: DmesgOptions) -> bytes:
 def info(argv: list[str]) -> str | None:
     """The text ``vmcore info [--json] PATH`` prints; None when help was asked for."""
     from pykexec.vmcore import info as info_mod
-    from pykexec.vmcore.kdump import open_dump
+    from pykexec.vmcore import open_dump
 
     if any(a in ("-h", "--help") for a in argv):
         return None

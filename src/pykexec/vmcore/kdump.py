@@ -25,10 +25,6 @@ from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
-    from pykexec.vmcore.elfcore import ElfCore
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 _U64 = struct.Struct("<Q")
@@ -335,26 +331,3 @@ class KdumpCore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_dump(path: str | os.PathLike[str]) -> "ElfCore | KdumpCore":
-    """An ELF core (/proc/vmcore, makedumpfile -E) or a kdump-compressed file (ours or
-    makedumpfile's), told apart by their first bytes."""
-    from pykexec.vmcore.elfcore import ElfCore
-
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-    except IsADirectoryError:
-        raise VmcoreError(f"{path}: is a directory") from None
-    except FileNotFoundError:
-        raise VmcoreError(f"{path}: no such file") from None
-    except OSError as err:
-        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
-    if magic == L.KDUMP_SIGNATURE:
-        return KdumpCore(path)
-    if magic.startswith(b"\x7fELF"):
-        return ElfCore(path)
-    if magic.startswith(b"makedump"):
-        raise VmcoreError(f"{path}: a flattened makedumpfile stream: convert it with makedumpfile -R first")
-    raise VmcoreError(f"{path}: neither an ELF core nor a kdump-compressed dump")
