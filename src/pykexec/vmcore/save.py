@@ -15,12 +15,13 @@ What is left out (makedumpfile's dump levels, ``-d``):
   ``1 << page.private`` pages.  Kernels without these keys are saved with
   zero pages excluded only, with a one-line notice.
 
-Pages are read with ``pread`` (not mmap: a bad page of ``/proc/vmcore``
-must become an error, not SIGBUS), 4 MiB at a time; whole-chunk and
-per-page zero tests are ``memcmp`` (``bytearray.startswith``).  Pages are
-compressed one by one (zstd level 1 or zlib level 1, as makedumpfile's
-``-z``/``-c``), in worker threads when there is more than one CPU (both
-release the GIL); a page that does not shrink is stored raw.
+Kept pages are read with ``preadv`` (not mmap: a bad page of ``/proc/vmcore``
+must become an error, not SIGBUS) into batches of 8 MiB, one call per
+contiguous piece; whole-batch and per-page zero tests are ``memcmp``
+(``bytearray.startswith``).  Pages are compressed one by one (the format's
+unit; zstd level 1 or zlib level 1, as makedumpfile's ``-z``/``-c``), a batch
+at a time on every CPU the process may use (zstd in its own C threads, zlib in
+worker threads); a page that does not shrink is stored raw.
 
 ``--format elf`` writes the same page selection as an ELF core, laid out as
 makedumpfile ``-E`` lays it out: the source's PT_LOADs in order, each split
@@ -72,14 +73,14 @@ from pykexec.vmcore.filtering import FreePagesUnavailable, find_free_pages, merg
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from pykexec.vmcore.elfcore import ElfCore, Load
     from pykexec.vmcore.kdump import PageTables
     from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
-#: Pages read, tested and compressed per round (4 MiB of 4 KiB pages).
-CHUNK_PAGES = 1024
+#: Pages read, tested and compressed per round (8 MiB of 4 KiB pages).
+CHUNK_PAGES = 2048
 #: Default dump level: zero pages and free pages.
 DEFAULT_DUMP_LEVEL = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
 SUPPORTED_LEVEL_BITS = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
@@ -152,65 +153,74 @@ def ram_runs(loads: Sequence[Load], page: int) -> list[Run]:
 
 # -- compression ---------------------------------------------------------------------------
 
-def _compressor(kind: str) -> Callable[[object], bytes] | None:
-    if kind == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise VmcoreError("zstd compression needs the zstandard module (pip install zstandard), "
-                              "or use --compress zlib") from None
-        # Level 1 as makedumpfile -z; telling zstd the input is one page shrinks its
-        # tables, which makes 4 KiB frames about 1.5x faster at the same ratio.
-        params = zstandard.ZstdCompressionParameters.from_level(
-            1, source_size=4096, write_checksum=0, write_content_size=1)
-        return zstandard.ZstdCompressor(compression_params=params).compress
-    if kind == "zlib":
-        return lambda page: zlib.compress(page, 1)
-    return None
+def _zstd() -> object:
+    try:
+        import zstandard
+    except ImportError:
+        raise VmcoreError("zstd compression needs the zstandard module (pip install zstandard), "
+                          "or use --compress zlib") from None
+    return zstandard
 
 
 class _Pool:
-    """Compress lists of pages, split across worker threads when that helps.
+    """Compress the pages of a batch, each page on its own (the format's unit), on
+    ``threads`` CPUs.
 
-    Each worker has its own compressor (zstd contexts are not thread-safe).
+    zstd: one ``multi_compress_to_buffer`` call per batch, which splits the pages
+    over C threads with a context each (level 1, as makedumpfile ``-z``); no
+    Python runs per page.  zlib (level 1, as ``-c``): worker threads, as
+    ``zlib.compress`` releases the GIL.  Results are buffers in page order.
     """
 
     def __init__(self, kind: str, threads: int) -> None:
         self.kind = kind
-        self.threads = threads
-        self._main = _compressor(kind)
+        self.threads = max(1, threads)
         self._executor = None
-        if threads > 1 and self._main is not None:
-            import threading
+        if kind == "zstd":
+            zstandard = _zstd()
+            self._zstd = zstandard
+            # Telling zstd the input is one page shrinks its tables: 4 KiB frames
+            # compress about 1.5x faster at the same ratio.
+            params = zstandard.ZstdCompressionParameters.from_level(  # type: ignore[attr-defined]
+                1, source_size=4096, write_checksum=0, write_content_size=1)
+            self._cctx = zstandard.ZstdCompressor(compression_params=params)  # type: ignore[attr-defined]
+        elif kind == "zlib" and self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            local = threading.local()
+            self._executor = ThreadPoolExecutor(self.threads)
 
-            def work(pages: list[memoryview]) -> list[bytes]:
-                comp = getattr(local, "comp", None)
-                if comp is None:
-                    comp = local.comp = _compressor(kind)
-                return [comp(p) for p in pages]
-
-            self._work = work
-            self._executor = ThreadPoolExecutor(threads)
-
-    def compress(self, pages: list[memoryview]) -> list[bytes] | None:
-        if self._main is None:
-            return None
-        if self._executor is None or len(pages) < 64:
-            comp = self._main
-            return [comp(p) for p in pages]
-        step = -(-len(pages) // self.threads)
-        futures = [self._executor.submit(self._work, pages[i:i + step]) for i in range(0, len(pages), step)]
-        out: list[bytes] = []
-        for f in futures:
-            out += f.result()
-        return out
+    def compress(self, buf: bytearray, offsets: list[int], page: int) -> Sequence[object] | None:
+        """The pages of ``buf`` at ``offsets``, compressed; None for ``none``."""
+        if self.kind == "zstd":
+            if not offsets:
+                return []
+            # A list of page views: zstandard spreads a list over its threads (one
+            # BufferWithSegments would go to a single thread).
+            view = memoryview(buf)
+            return self._cctx.multi_compress_to_buffer(  # type: ignore[no-any-return]
+                [view[off:off + page] for off in offsets], threads=self.threads)
+        if self.kind == "zlib":
+            view = memoryview(buf)
+            pages = [view[off:off + page] for off in offsets]
+            if self._executor is None or len(pages) < 64:
+                return [zlib.compress(p, 1) for p in pages]
+            step = -(-len(pages) // self.threads)
+            parts = self._executor.map(lambda ps: [zlib.compress(p, 1) for p in ps],
+                                       [pages[i:i + step] for i in range(0, len(pages), step)])
+            return [c for part in parts for c in part]
+        return None
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown()
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (a crash kernel usually has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -324,7 +334,7 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
                          f"are supported, not cache or user pages (2, 4, 8)")
     check_paths(src, dst, force)
     # The ELF format is not compressed: no compressor threads.
-    pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else min(2, os.cpu_count() or 1))
+    pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else default_threads())
     result = SaveResult()
     t0 = time.monotonic()
     with ElfCore(src) as core:
@@ -538,7 +548,6 @@ def _save_elf(core: ElfCore, dst: str, kept: list[tuple[int, int]], page: int, f
             last = seg.paddr  # end of the last kept bytes (paddr)
 
             def start_piece(paddr: int) -> _ElfPiece:
-                nonlocal next_off
                 off = next_off + (paddr - next_off) % page  # file offset = paddr (mod page)
                 piece = _ElfPiece(seg.vaddr + (paddr - seg.paddr), paddr, off)
                 pieces.append(piece)
@@ -660,19 +669,69 @@ def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, i
                 dst: str, *, exclude_zero: bool) -> None:
     """Stream every kept page: read, test for zero, compress, append; descriptors as we go.
 
-    Stops at the first read or write error, recording it in ``result.incomplete``.
+    Kept pages are gathered into batches of :data:`CHUNK_PAGES` (one ``preadv``
+    per contiguous piece), so a selection cut into many short runs still
+    compresses in large calls.  Stops at the first read or write error,
+    recording it in ``result.incomplete``; the pages read before it are saved.
     """
     pd = L.PAGE_DESC_FMT
     flag = L.COMPRESSION_FLAGS[pool.kind]
     zero_desc = pd.pack(data_off, page, 0, 0)
-    raw_size = page
     out_pos = data_off + page
     pd_index = 0
-    done = 0
     zero_page = bytes(page)
     buf = bytearray(CHUNK_PAGES * page)
+    view = memoryview(buf)
     zero_chunk = bytes(len(buf))
     src_fd = os.open(core.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def flush(n: int) -> bool:
+        """Compress and write the first ``n`` pages of the batch; False on a write error."""
+        nonlocal out_pos, pd_index
+        nbytes = n * page
+        descs = bytearray()
+        pieces: list[object] = []
+        if exclude_zero and buf.startswith(zero_chunk[:nbytes]):
+            descs += zero_desc * n
+            result.zero_pages += n
+        else:
+            offsets = [i for i in range(0, nbytes, page)
+                       if not (exclude_zero and buf.startswith(zero_page, i))]
+            comp = pool.compress(buf, offsets, page)
+            k = 0
+            for i in range(0, nbytes, page):
+                if k == len(offsets) or offsets[k] != i:
+                    descs += zero_desc
+                    result.zero_pages += 1
+                    continue
+                c = comp[k] if comp is not None else None
+                size = len(c) if c is not None else page  # type: ignore[arg-type]
+                if size < page:
+                    descs += pd.pack(out_pos, size, flag, 0)
+                    pieces.append(c)
+                else:  # does not shrink: stored raw, as makedumpfile does
+                    descs += pd.pack(out_pos, page, 0, 0)
+                    pieces.append(view[i:i + page])
+                    size = page
+                    result.raw_pages += 1
+                out_pos += size
+                k += 1
+        # Data first, then the descriptors that point at it.
+        try:
+            if pieces:
+                data = b"".join(pieces)  # type: ignore[arg-type]
+                _pwrite_all(fd, data, out_pos - len(data))
+            _pwrite_all(fd, descs, pd_off + pd_index * pd.size)
+        except OSError as e:
+            result.incomplete = f"cannot write {dst}: {e.strerror}"
+            return False
+        pd_index += n
+        result.saved_pages = pd_index
+        result.read_bytes += nbytes
+        bar.update(result.read_bytes)
+        return True
+
+    fill = 0  # pages in the batch
     ri = 0
     try:
         for start, end in kept:
@@ -681,77 +740,38 @@ def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, i
                 while runs[ri].end <= pfn:
                     ri += 1
                 run = runs[ri]
-                n = min(end, run.end, pfn + CHUNK_PAGES) - pfn
+                n = min(end, run.end, pfn + CHUNK_PAGES - fill) - pfn
                 nbytes = n * page
-                view = memoryview(buf)[:nbytes]
-                # -- read (zeros outside the segment: partial pages at its edges) --
+                at = fill * page
+                # Read; zeros outside the segment (partial pages at its edges).
                 off = run.base + pfn * page
                 lo, hi = max(off, run.lo), min(off + nbytes, run.full)
                 if lo > off or hi < off + nbytes:
-                    view[:] = zero_chunk[:nbytes]
+                    view[at:at + nbytes] = zero_chunk[:nbytes]
                 if hi > run.hi:
                     result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
                     hi = max(lo, run.hi)  # save what is there, then stop
                 if hi > lo:
                     try:
-                        got = os.preadv(src_fd, [view[lo - off:hi - off]], lo)
+                        got = os.preadv(src_fd, [view[at + lo - off:at + hi - off]], lo)
                     except OSError as e:
                         result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
-                        return
-                    if got != hi - lo:
-                        result.incomplete = f"{core.path} ends at offset {lo + got:#x} (truncated)"
-                        return
+                        got = -1
+                    if got != hi - lo and not result.incomplete:
+                        result.incomplete = f"{core.path} ends at offset {lo + max(got, 0):#x} (truncated)"
                 if result.incomplete:
+                    if hi > lo and got == hi - lo:  # keep the whole pages read before the end
+                        fill += (hi - off) // page
+                    flush(fill)
                     return
-                # -- zero test, compress ---------------------------------------------
-                descs = bytearray()
-                pieces: list[bytes | memoryview] = []
-                if exclude_zero and buf.startswith(zero_chunk[:nbytes] if nbytes < len(buf) else zero_chunk):
-                    descs += zero_desc * n
-                    result.zero_pages += n
-                else:
-                    pages = []
-                    kinds = []  # True: zero page
-                    for i in range(0, nbytes, page):
-                        if exclude_zero and buf.startswith(zero_page, i):
-                            kinds.append(True)
-                        else:
-                            kinds.append(False)
-                            pages.append(view[i:i + page])
-                    comp = pool.compress(pages)
-                    k = 0
-                    for is_zero in kinds:
-                        if is_zero:
-                            descs += zero_desc
-                            result.zero_pages += 1
-                            continue
-                        c = comp[k] if comp is not None else None
-                        if c is not None and len(c) < raw_size:
-                            descs += pd.pack(out_pos, len(c), flag, 0)
-                            pieces.append(c)
-                            out_pos += len(c)
-                        else:
-                            raw = pages[k]
-                            descs += pd.pack(out_pos, raw_size, 0, 0)
-                            pieces.append(raw)
-                            out_pos += raw_size
-                            result.raw_pages += 1
-                        k += 1
-                # -- write data, then the descriptors that point at it ----------------
-                try:
-                    if pieces:
-                        data = b"".join(pieces)
-                        _pwrite_all(fd, data, out_pos - len(data))
-                    _pwrite_all(fd, descs, pd_off + pd_index * pd.size)
-                except OSError as e:
-                    result.incomplete = f"cannot write {dst}: {e.strerror}"
-                    return
-                pd_index += n
-                result.saved_pages = pd_index
-                done += nbytes
-                result.read_bytes = done
-                bar.update(done)
+                fill += n
                 pfn += n
+                if fill == CHUNK_PAGES:
+                    if not flush(fill):
+                        return
+                    fill = 0
+        if fill:
+            flush(fill)
     finally:
         os.close(src_fd)
 
@@ -783,7 +803,7 @@ options:
   -d, --dump-level N
                     makedumpfile's dump level; bits 1 (zero pages) and 16 (free
                     pages) are supported; default 17, 0 keeps every page
-  --threads N       compression threads (default: 2 if there are 2+ CPUs)
+  --threads N       compression threads (default: one per CPU)
   -f, --force       overwrite DST if it exists
   -h, --help        show this help
 
