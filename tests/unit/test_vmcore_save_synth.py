@@ -343,6 +343,29 @@ def test_threads_same_output(tmp_path: Path) -> None:
     assert (tmp_path / "t1").read_bytes() == (tmp_path / "t2").read_bytes()
 
 
+@pytest.mark.parametrize("compress,level", [("zstd", -5), ("zstd", 3), ("zlib", 9)])
+def test_levels_change_bytes_not_pages(tmp_path: Path, compress: str, level: int) -> None:
+    src, mem = machine(tmp_path)
+    save(str(src), str(tmp_path / "default"), compress=compress, progress=False)
+    save(str(src), str(tmp_path / "other"), compress=compress, level=level, progress=False)
+    assert (tmp_path / "default").read_bytes() != (tmp_path / "other").read_bytes()
+    with KdumpFile(tmp_path / "other") as k:
+        saved = list(k.saved_pfns())
+        assert saved == sorted(set(range(NPAGES)) - _free_pfns())
+        for pfn in saved:
+            assert k.read_page(pfn) == bytes(mem[pfn * PAGE:(pfn + 1) * PAGE])
+
+
+def test_level_refusals(tmp_path: Path) -> None:
+    src, _ = machine(tmp_path)
+    for args, msg in [(("--level", "20"), "zstd level 20 out of range (-50 to 19)"),
+                      (("--compress", "zlib", "--level=0"), "zlib level 0 out of range (1 to 9)"),
+                      (("--level", "fast"), "--level needs a number")]:
+        res = _cli(*args, str(src), str(tmp_path / "x"))
+        assert res.returncode == 2 and msg in res.stderr.splitlines()[0], res.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_save_is_lazy_about_imports() -> None:
     code = ("import sys, pykexec.vmcore.save; "
             "bad = [m for m in ('dataclasses', 'typing', 'pathlib', 'zstandard') if m in sys.modules]; "

@@ -85,6 +85,8 @@ CHUNK_PAGES = 2048
 DEFAULT_DUMP_LEVEL = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
 SUPPORTED_LEVEL_BITS = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
 COMPRESSIONS = ("zstd", "zlib", "none")
+#: Accepted ``--level`` per compression: zstd's negative levels trade size for speed.
+LEVELS = {"zstd": (-50, 19), "zlib": (1, 9)}
 FORMATS = ("kdump", "elf")
 #: ``--format elf``: left-out runs of at least this many pages split a PT_LOAD
 #: (makedumpfile's PFN_EXCLUDED); shorter ones are stored as zeros.
@@ -172,9 +174,10 @@ class _Pool:
     ``zlib.compress`` releases the GIL.  Results are buffers in page order.
     """
 
-    def __init__(self, kind: str, threads: int) -> None:
+    def __init__(self, kind: str, threads: int, level: int = 1) -> None:
         self.kind = kind
         self.threads = max(1, threads)
+        self.level = level
         self._executor = None
         if kind == "zstd":
             zstandard = _zstd()
@@ -182,7 +185,7 @@ class _Pool:
             # Telling zstd the input is one page shrinks its tables: 4 KiB frames
             # compress about 1.5x faster at the same ratio.
             params = zstandard.ZstdCompressionParameters.from_level(  # type: ignore[attr-defined]
-                1, source_size=4096, write_checksum=0, write_content_size=1)
+                level, source_size=4096, write_checksum=0, write_content_size=1)
             self._cctx = zstandard.ZstdCompressor(compression_params=params)  # type: ignore[attr-defined]
         elif kind == "zlib" and self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -203,9 +206,9 @@ class _Pool:
             view = memoryview(buf)
             pages = [view[off:off + page] for off in offsets]
             if self._executor is None or len(pages) < 64:
-                return [zlib.compress(p, 1) for p in pages]
+                return [zlib.compress(p, self.level) for p in pages]
             step = -(-len(pages) // self.threads)
-            parts = self._executor.map(lambda ps: [zlib.compress(p, 1) for p in ps],
+            parts = self._executor.map(lambda ps: [zlib.compress(p, self.level) for p in ps],
                                        [pages[i:i + step] for i in range(0, len(pages), step)])
             return [c for part in parts for c in part]
         return None
@@ -310,7 +313,7 @@ def _is_xen(core: ElfCore) -> bool:
     return is_xen_dump(core.notes)
 
 
-def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAULT_DUMP_LEVEL,
+def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_level: int = DEFAULT_DUMP_LEVEL,
          force: bool = False, threads: int | None = None, progress: bool | None = None,
          fmt: str = "kdump") -> SaveResult:
     """Write ``src`` (an ELF core, e.g. /proc/vmcore) to ``dst`` in kdump-compressed
@@ -327,6 +330,9 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
         raise UsageError(f"unknown format {fmt!r} (expected kdump or elf)")
     if compress not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compress!r} (expected zstd, zlib or none)")
+    lo, hi = LEVELS.get(compress, (level, level))
+    if not lo <= level <= hi:
+        raise UsageError(f"{compress} level {level} out of range ({lo} to {hi})")
     if not 0 <= dump_level <= 31:
         raise UsageError(f"dump level {dump_level} out of range (0-31)")
     if dump_level & ~SUPPORTED_LEVEL_BITS:
@@ -334,7 +340,7 @@ def save(src: str, dst: str, *, compress: str = "zstd", dump_level: int = DEFAUL
                          f"are supported, not cache or user pages (2, 4, 8)")
     check_paths(src, dst, force)
     # The ELF format is not compressed: no compressor threads.
-    pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else default_threads())
+    pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else default_threads(), level)
     result = SaveResult()
     t0 = time.monotonic()
     with ElfCore(src) as core:
@@ -800,6 +806,9 @@ options:
                     crash, gdb); left-out pages read as zeros
   --compress KIND   zstd (default), zlib (readable by older makedumpfile/crash
                     builds without zstd) or none
+  --level N         compression level: zstd -50 to 19 (default 1, as makedumpfile
+                    -z; negative levels are faster and larger), zlib 1 to 9
+                    (default 1, as makedumpfile -c)
   -d, --dump-level N
                     makedumpfile's dump level; bits 1 (zero pages) and 16 (free
                     pages) are supported; default 17, 0 keeps every page
@@ -836,6 +845,12 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
             return None
         if name == "--compress":
             opts["compress"] = value(name, val)
+        elif name == "--level":
+            text = value(name, val)
+            try:
+                opts["level"] = int(text)
+            except ValueError:
+                raise UsageError(f"--level needs a number, not {text!r}") from None
         elif name == "--format":
             opts["fmt"] = value(name, val)
         elif name in ("-d", "--dump-level"):
