@@ -145,7 +145,7 @@ def test_save_layout_exact(tmp_path: Path, compress: str, flag: int) -> None:
     assert h.timestamp.tv_sec == 1700000000 and h.nr_cpus == 1
     assert h.sub_hdr_size == 1 and h.bitmap_blocks == 2 and h.max_mapnr == NPAGES
     s = L.KdumpSubHeader.from_buffer_copy(raw, PAGE)
-    assert (s.phys_base, s.dump_level, s.split, s.max_mapnr_64) == (0, 17, 0, NPAGES)
+    assert (s.phys_base, s.dump_level, s.split, s.max_mapnr_64) == (0, 31, 0, NPAGES)
     assert s.offset_note == PAGE + 104
     notes = raw[s.offset_note:s.offset_note + s.size_note]
     assert notes.startswith(struct.pack("<III", 5, 336, 1) + b"CORE\0\0\0\0")
@@ -229,8 +229,8 @@ def test_free_pages_ignore_misaligned_marker(tmp_path: Path) -> None:
 def test_without_free_page_keys_zero_pages_only(tmp_path: Path) -> None:
     info = [k for k in VMCOREINFO if "mem_section" not in k]
     src, _ = machine(tmp_path, info=info)
-    res = save(str(src), str(tmp_path / "d"), progress=False)
-    assert res.free_pages == 0 and "mem_section" in res.free_note
+    res = save(str(src), str(tmp_path / "d"), dump_level=17, progress=False)
+    assert res.free_pages == 0 and "mem_section" in res.filter_note and "free pages kept" in res.filter_note
     assert res.saved_pages == NPAGES
 
 
@@ -257,7 +257,7 @@ def test_truncated_source_is_flagged_incomplete(tmp_path: Path) -> None:
     with open(src, "r+b") as f:
         f.truncate(size - 3 * PAGE * 100)      # the last 300 pages of RAM are gone
     dst = tmp_path / "d"
-    res = subprocess.run([sys.executable, "-m", "pykexec.vmcore.cli", "save", str(src), str(dst)],
+    res = subprocess.run([sys.executable, "-m", "pykexec.vmcore.cli", "save", "-d", "17", str(src), str(dst)],
                          capture_output=True, text=True)
     assert res.returncode == 1
     lines = res.stderr.splitlines()
@@ -292,7 +292,7 @@ def test_refusals(tmp_path: Path) -> None:
     for args, msg in [((str(src), str(dst)), "exists (use --force"),
                       ((str(src), str(src)), "same file as SRC"),
                       ((str(src), str(tmp_path / ".." / tmp_path.name / "vmcore.elf")), "same file"),
-                      (("-d", "31", str(src), str(tmp_path / "x")), "only bits 1"),
+                      (("-d", "32", str(src), str(tmp_path / "x")), "dump level 32 out of range"),
                       (("--compress", "lz5", str(src), str(tmp_path / "x")), "unknown compression"),
                       ((str(src),), "expected SRC and DST"),
                       (("--bogus", str(src), str(tmp_path / "x")), "unknown option")]:
@@ -364,6 +364,18 @@ def test_level_refusals(tmp_path: Path) -> None:
         res = _cli(*args, str(src), str(tmp_path / "x"))
         assert res.returncode == 2 and msg in res.stderr.splitlines()[0], res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_default_level_31_says_what_it_kept(tmp_path: Path) -> None:
+    """The synthetic kernel exports no page flags: cache and user pages cannot be
+    judged, so they are kept, free pages still go, and one line says so."""
+    src, _ = machine(tmp_path)
+    res = _cli(str(src), str(tmp_path / "d"))
+    assert res.returncode == 0
+    assert res.stderr == "pykexec: VMCOREINFO has no OFFSET(page.flags): cache and user pages kept\n"
+    with KdumpFile(tmp_path / "d") as k:
+        assert k.sub.dump_level == 31
+        assert list(k.saved_pfns()) == sorted(set(range(NPAGES)) - _free_pfns())
 
 
 def test_save_is_lazy_about_imports() -> None:

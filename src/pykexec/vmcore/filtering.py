@@ -231,7 +231,7 @@ class _Plan:
     numbers in ``page.flags``; ``None`` means "not looked for".
     """
 
-    __slots__ = ("scan", "notes", "size", "flags", "mapping", "mapcount", "private", "head",
+    __slots__ = ("scan", "notes", "kept_why", "size", "flags", "mapping", "mapcount", "private", "head",
                  "lru", "priv_bit", "swapcache", "swapbacked", "slab_bit", "hwpoison", "head_mask",
                  "buddy", "offline", "slab_type", "huge_type", "huge_next_bit", "huge_dtor", "order_next",
                  "free", "cache", "anon", "max_order", "decision", "columns")
@@ -245,6 +245,7 @@ class _Plan:
 
         asked = _asked(level)
         self.notes: list[str] = []
+        self.kept_why: dict[str, list[str]] = {}
         self.size = info.size("page") if "SIZE(page)" in info else 0
         self.flags, self.mapping = off("page.flags"), off("page.mapping")
         self.mapcount, self.private, self.head = off("page._mapcount"), off("page.private"), off("page.compound_head")
@@ -335,8 +336,8 @@ class _Plan:
         self.columns = self._columns()
 
     def _cannot(self, why: str, kinds: list[str]) -> None:
-        if kinds:
-            self.notes.append(_kept(why, kinds))
+        if kinds:  # one note per reason: "X: cache and user pages kept"
+            self.kept_why.setdefault(why, []).extend(kinds)
 
     def _columns(self) -> tuple[int, ...]:
         """Byte offsets within struct page that the tests read."""
@@ -385,7 +386,7 @@ class _Plan:
 
     @property
     def note(self) -> str:
-        return "; ".join(self.notes)
+        return "; ".join([*self.notes, *(_kept(why, kinds) for why, kinds in self.kept_why.items())])
 
 
 # -- classification of one run of struct pages ----------------------------------------------
@@ -667,16 +668,16 @@ def excluded_pages(info: VmcoreInfo, tables: PageTables, ram: Sequence[tuple[int
     page array keep their pages.
     """
     counts = dict.fromkeys(KINDS, 0)
-    notes: list[str] = []
+    note = ""
     try:
         plan = _Plan(info, dump_level)
-        notes = plan.notes
+        note = plan.note
         if not plan.scan:
             return Exclusion([], counts, plan.note)
         ranges, by_code = _walk(plan, info, tables, ram, page)
     except (FreePagesUnavailable, VmcoreError) as err:   # a malformed value, a layout we do not know
         asked = _asked(dump_level)
-        return Exclusion([], counts, "; ".join([*notes, _kept(str(err), asked)] if asked else notes))
+        return Exclusion([], counts, "; ".join(n for n in (note, _kept(str(err), asked) if asked else "") if n))
     for code, kind in enumerate(KINDS, 1):
         counts[kind] = by_code[code]
     return Exclusion(ranges, counts, plan.note)

@@ -6,14 +6,11 @@ What is left out (makedumpfile's dump levels, ``-d``):
 * bit 1, zero pages: found while copying; as makedumpfile does, they stay
   in the 2nd bitmap and their descriptors all point at one zero page
   written first, so they still read back as zeros;
-* bit 16, free pages: buddy-allocator blocks, found before copying from the
-  crashed kernel's ``struct page`` array (VMCOREINFO: ``SYMBOL(mem_section)``,
-  ``SIZE(page)``, ``OFFSET(page._mapcount)``, ``OFFSET(page.private)``,
-  ``NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)``, reached through the kernel's page
-  tables).  A block's head page has ``_mapcount`` (``page_type``) equal to
-  that number (2.6.38+ encoding, including 6.12's ``PGTY_buddy << 24``) and
-  ``1 << page.private`` pages.  Kernels without these keys are saved with
-  zero pages excluded only, with a one-line notice.
+* bits 2, 4, 8 and 16 (page cache, page cache with private data, user
+  data, free pages): decided before copying from the crashed kernel's
+  ``struct page`` array with VMCOREINFO only, by makedumpfile's rules
+  (:mod:`pykexec.vmcore.filtering`).  Pages a kernel does not let us judge
+  (missing keys) are kept, with a one-line notice.
 
 Kept pages are read with ``preadv`` (not mmap: a bad page of ``/proc/vmcore``
 must become an error, not SIGBUS) into batches of 8 MiB, one call per
@@ -69,7 +66,7 @@ from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
 from pykexec.vmcore import VmcoreError
-from pykexec.vmcore.filtering import FreePagesUnavailable, find_free_pages, merge, set_bits, subtract
+from pykexec.vmcore.filtering import KINDS, excluded_pages, merge, set_bits, subtract
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,8 +79,11 @@ if TYPE_CHECKING:
 #: Pages read, tested and compressed per round (8 MiB of 4 KiB pages).
 CHUNK_PAGES = 2048
 #: Default dump level: zero pages and free pages.
-DEFAULT_DUMP_LEVEL = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
-SUPPORTED_LEVEL_BITS = L.DL_EXCLUDE_ZERO | L.DL_EXCLUDE_FREE
+#: Default dump level 31: zero, cache, private cache, user and free pages left out,
+#: what distributions' kdump configurations ask makedumpfile for (``-d 31``).
+DEFAULT_DUMP_LEVEL = 31
+#: Dump-level bits decided from the crashed kernel's struct pages (vmcore/filtering.py).
+PAGE_STRUCT_BITS = L.DL_EXCLUDE_CACHE | L.DL_EXCLUDE_CACHE_PRI | L.DL_EXCLUDE_USER_DATA | L.DL_EXCLUDE_FREE
 COMPRESSIONS = ("zstd", "zlib", "none")
 #: Accepted ``--level`` per compression: zstd's negative levels trade size for speed.
 LEVELS = {"zstd": (-50, 19), "zlib": (1, 9)}
@@ -91,8 +91,8 @@ FORMATS = ("kdump", "elf")
 #: ``--format elf``: left-out runs of at least this many pages split a PT_LOAD
 #: (makedumpfile's PFN_EXCLUDED); shorter ones are stored as zeros.
 ELF_GAP_PAGES = 256
-XEN_FREE_NOTE = ("a Xen dump: free pages are not looked for (dom0's page structs count pseudo-physical "
-                 "frames, the dump machine frames); zero pages are left out")
+XEN_FILTER_NOTE = ("a Xen dump: only zero pages are left out (dom0's struct pages count pseudo-physical "
+                   "frames, the dump machine frames)")
 
 
 class SaveResult:
@@ -100,8 +100,9 @@ class SaveResult:
 
     def __init__(self) -> None:
         self.ram_pages = 0        # pages in the 1st bitmap
-        self.free_pages = 0       # excluded as free (0 if not looked for)
-        self.free_note = ""       # why free pages were not excluded, if they were not
+        self.excluded = dict.fromkeys(KINDS, 0)  # pages left out, per kind (filtering.KINDS)
+        self.free_pages = 0       # excluded["free"]
+        self.filter_note = ""     # why pages the dump level asks to leave out were kept
         self.saved_pages = 0      # descriptors written
         self.zero_pages = 0       # of those, pointing at the shared zero page
         self.raw_pages = 0        # stored uncompressed
@@ -335,9 +336,6 @@ def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_lev
         raise UsageError(f"{compress} level {level} out of range ({lo} to {hi})")
     if not 0 <= dump_level <= 31:
         raise UsageError(f"dump level {dump_level} out of range (0-31)")
-    if dump_level & ~SUPPORTED_LEVEL_BITS:
-        raise UsageError(f"dump level {dump_level}: only bits 1 (zero pages) and 16 (free pages) "
-                         f"are supported, not cache or user pages (2, 4, 8)")
     check_paths(src, dst, force)
     # The ELF format is not compressed: no compressor threads.
     pool = _Pool(compress if fmt == "kdump" else "none", threads if threads is not None else default_threads(), level)
@@ -359,27 +357,26 @@ def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_lev
         result.ram_pages = sum(e - s for s, e in ram)
 
         tables: PageTables | None = None
+        left_out: list[tuple[int, int]] = []
         if xen:
-            result.free_note = XEN_FREE_NOTE
+            if dump_level & PAGE_STRUCT_BITS:
+                result.filter_note = XEN_FILTER_NOTE
         else:
             assert info_or_none is not None
             info = info_or_none
             try:
                 tables = PageTables(lambda a, n: core.read(a, n, physical=True), info)
             except VmcoreError as err:
-                result.free_note = str(err)
-        free: list[tuple[int, int]] = []
-        if dump_level & L.DL_EXCLUDE_FREE and not xen:
+                if dump_level & PAGE_STRUCT_BITS:
+                    result.filter_note = f"{err}: only zero pages left out"
             if tables is not None:
-                try:
-                    free = find_free_pages(info, tables, ram, page)
-                except FreePagesUnavailable as err:
-                    result.free_note = str(err)
-                except VmcoreError as err:
-                    result.free_note = f"cannot read struct pages: {err}"
-        kept = subtract(ram, free)
+                exclusion = excluded_pages(info, tables, ram, page, dump_level)
+                left_out = exclusion.ranges
+                result.excluded = exclusion.counts
+                result.filter_note = exclusion.note
+        kept = subtract(ram, left_out)
         num_kept = sum(e - s for s, e in kept)
-        result.free_pages = result.ram_pages - num_kept
+        result.free_pages = result.excluded["free"]
         if fmt == "elf":
             _save_elf(core, dst, kept, page, force, progress, result,
                       exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
@@ -786,9 +783,9 @@ def summary(result: SaveResult, dst: str) -> str:
     """The one line printed when a save completes."""
     mb = 1e6
     rate = result.read_bytes / max(result.seconds, 1e-6) / mb
-    free = f", {result.free_pages} free excluded" if result.free_pages else ""
+    left = "".join(f", {n} {kind.replace('_', ' ')}" for kind, n in result.excluded.items() if n)
     return (f"pykexec: saved {dst}: {result.saved_pages} of {result.ram_pages} pages "
-            f"({result.zero_pages} zero{free}), {result.out_bytes / mb:.1f} MB "
+            f"({result.zero_pages} zero{left} left out), {result.out_bytes / mb:.1f} MB "
             f"in {result.seconds:.2f} s ({rate:.0f} MB/s)\n")
 
 
@@ -797,8 +794,9 @@ usage: pykexec vmcore save [options] SRC DST
 
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
 kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
-Zero pages and free pages are left out; every other page is compressed.
-Dumps of a Xen machine keep every non-zero page (no free-page filtering).
+By default (-d 31) zero, page-cache, user and free pages are left out, as
+makedumpfile -d 31 leaves them out; every other page is compressed.  Dumps
+of a Xen machine keep every non-zero page.
 
 options:
   --format FORMAT   kdump (default) or elf: an uncompressed ELF core with the
@@ -810,8 +808,9 @@ options:
                     -z; negative levels are faster and larger), zlib 1 to 9
                     (default 1, as makedumpfile -c)
   -d, --dump-level N
-                    makedumpfile's dump level; bits 1 (zero pages) and 16 (free
-                    pages) are supported; default 17, 0 keeps every page
+                    makedumpfile's dump level, the sum of what to leave out:
+                    1 zero pages, 2 page cache, 4 page cache with private data,
+                    8 user data, 16 free pages; default 31, 0 keeps every page
   --threads N       compression threads (default: one per CPU)
   -f, --force       overwrite DST if it exists
   -h, --help        show this help
@@ -899,11 +898,12 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
         return 130
     dst = str(opts["dst"])
-    if result.free_note and int(opts.get("dump_level", DEFAULT_DUMP_LEVEL)) & L.DL_EXCLUDE_FREE:  # type: ignore[call-overload]
-        sys.stderr.write(f"pykexec: free pages kept: {result.free_note}\n")
+    if result.filter_note:
+        sys.stderr.write(f"pykexec: {result.filter_note}\n")
     if result.incomplete:
         sys.stderr.write(f"pykexec: {dst} is INCOMPLETE ({result.saved_pages} of "
-                         f"{result.ram_pages - result.free_pages} pages saved): {result.incomplete}\n")
+                         f"{result.ram_pages - sum(result.excluded.values())} pages saved): "
+                         f"{result.incomplete}\n")
         return 1
     if sys.stderr.isatty():
         sys.stderr.write(summary(result, dst))
