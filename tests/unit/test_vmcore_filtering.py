@@ -366,6 +366,21 @@ def test_unknown_layout_or_bad_value_is_a_note(tmp_path: Path) -> None:
     assert (ex.ranges, ex.pages) == ([], 0)
 
 
+@pytest.mark.parametrize("key,value", [
+    ("NUMBER(SECTION_SIZE_BITS)", "99"), ("NUMBER(SECTION_SIZE_BITS)", "2"), ("NUMBER(MAX_PHYSMEM_BITS)", "3"),
+    ("SIZE(page)", "0"), ("SIZE(page)", "100000000"), ("SIZE(mem_section)", "0"), ("LENGTH(mem_section)", "0"),
+    ("OFFSET(mem_section.section_mem_map)", "4096"), ("OFFSET(page.flags)", "-5"), ("OFFSET(page.private)", "64"),
+    ("NUMBER(PG_lru)", "-1"), ("NUMBER(PG_lru)", "100000"), ("NUMBER(PG_head_mask)", "0"),
+    ("LENGTH(zone.free_area)", "0")])
+def test_hostile_layout_values_keep_everything(tmp_path: Path, key: str, value: str) -> None:
+    """Values no kernel has (a damaged or forged dump) must not crash the scan, read
+    wild sections or mis-shift flags: nothing is left out and the note names the key."""
+    mem, _ = layout_mem("6.12")
+    ex = run(tmp_path, info_lines("6.12", drop=(key + "=",), extra=(f"{key}={value}",)), mem, 31)
+    assert ex.note == f"VMCOREINFO has an implausible {key}={value}: free, cache and user pages kept"
+    assert (ex.ranges, ex.pages) == ([], 0)
+
+
 def test_find_free_pages_ignores_other_kinds(tmp_path: Path) -> None:
     """find_free_pages (bit 16 alone) leaves hwpoison/offline pages to excluded_pages."""
     mem, _ = layout_mem("6.12")

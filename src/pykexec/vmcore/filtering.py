@@ -188,6 +188,33 @@ def _page_type(value: int) -> tuple[int, int]:
     return 0x80000000 | (~value & 0x7FFFFFFF), 0x80000000
 
 
+def _implausible(info: VmcoreInfo) -> str:
+    """"" or which VMCOREINFO value no kernel has (a damaged or hostile dump): the
+    scan reads fields, bits and sections where these say, so they must make sense."""
+    size = info.size("page")
+    checks: list[tuple[str, int, int, int]] = [("SIZE(page)", size, 32, 512)]
+    for key in info.entries:
+        if key.startswith("OFFSET(page."):
+            checks.append((key, info.offset(key[7:-1]), 0, size - 4))
+        elif key.startswith("NUMBER(PG_") and key != "NUMBER(PG_head_mask)":
+            checks.append((key, info.number(key[7:-1]), 0, 63))
+    if info.has_number("PG_head_mask"):
+        checks.append(("NUMBER(PG_head_mask)", info.number("PG_head_mask"), 1, (1 << 64) - 1))
+    if "LENGTH(zone.free_area)" in info:
+        checks.append(("LENGTH(zone.free_area)", info.length("zone.free_area"), 1, 64))
+    section_bits = info.number("SECTION_SIZE_BITS")
+    checks += [("NUMBER(SECTION_SIZE_BITS)", section_bits, 13, 40),
+               ("NUMBER(MAX_PHYSMEM_BITS)", info.number("MAX_PHYSMEM_BITS"), section_bits, 64),
+               ("SIZE(mem_section)", info.size("mem_section"), 8, 4096),
+               ("OFFSET(mem_section.section_mem_map)", info.offset("mem_section.section_mem_map"), 0,
+                info.size("mem_section") - 8),
+               ("LENGTH(mem_section)", info.length("mem_section"), 1, 1 << 40)]
+    for key, value, lo, hi in checks:
+        if not lo <= value <= hi:
+            return f"VMCOREINFO has an implausible {key}={value}"
+    return ""
+
+
 def _asked(level: int) -> list[str]:
     """The kinds ``level`` asks for, as notes name them."""
     return [kind for bit, kind in ((DL_EXCLUDE_FREE, "free"), (DL_EXCLUDE_CACHE | DL_EXCLUDE_CACHE_PRI, "cache"),
@@ -263,8 +290,9 @@ class _Plan:
         self.offline = value & 0xFFFFFFFF if others and value is not None and mc is not None else None
 
         missing = next((k for k in _LAYOUT_KEYS if k not in info), None)
-        if missing:
-            self._cannot(f"VMCOREINFO has no {missing}", asked)
+        why = f"VMCOREINFO has no {missing}" if missing else _implausible(info)
+        if why:
+            self._cannot(why, asked)
             self.scan = False
             self.free = self.cache = self.anon = False
             self.buddy = self.huge_type = self.huge_next_bit = self.huge_dtor = self.order_next = None
@@ -593,6 +621,8 @@ def _walk(plan: _Plan, info: VmcoreInfo, tables: PageTables, ram: Sequence[tuple
     """Excluded pfn ranges and pages per kind code, section by section."""
     page_shift = page.bit_length() - 1
     pfn_shift = info.number("SECTION_SIZE_BITS") - page_shift   # pfns per section = 1 << pfn_shift
+    if pfn_shift <= 0:
+        raise FreePagesUnavailable(f"NUMBER(SECTION_SIZE_BITS) is not above the page shift ({page_shift})")
     size_ms = info.size("mem_section")
     off_smm = info.offset("mem_section.section_mem_map")
     nr_sections = 1 << (info.number("MAX_PHYSMEM_BITS") - info.number("SECTION_SIZE_BITS"))
