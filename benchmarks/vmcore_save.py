@@ -8,8 +8,9 @@ peak RSS (`/usr/bin/time -v` "Maximum resident set size").  Run it niced:
 
     nice -n 10 .venv/bin/python benchmarks/vmcore_save.py [--runs 3] [--kernel 6.1 --kernel 6.12]
 
-makedumpfile's dump level 31 also drops cache and user pages, which pykexec does not
-(17 = zero + free); `-d 17` rows make the like-for-like comparison.  Debian's
+Rows at dump level 31 (zero, cache, user and free pages left out: what distributions'
+kdump configurations use) and 17 (zero and free pages) compare the same page selection
+(the "pages" column says so).  Debian's
 makedumpfile 1.7.2 has no zstd: `-z` would silently write uncompressed pages, so it
 is listed only when `makedumpfile -h` says zstd is enabled.
 """
@@ -48,9 +49,12 @@ def commands(src: Path, dst: Path) -> list[tuple[str, list[str]]]:
                  ("makedumpfile -c -d 17 (zlib)", [mdf, "-c", "-d", "17", str(src), str(dst)])]
         if re.search(r"zstd\s+enabled", help_text):
             rows.append(("makedumpfile -z -d 31 (zstd)", [mdf, "-z", "-d", "31", str(src), str(dst)]))
-    rows += [("pykexec vmcore save (zstd, -d 17)", PYKEXEC + ["-f", str(src), str(dst)]),
-             ("pykexec vmcore save --compress zlib", PYKEXEC + ["-f", "--compress", "zlib", str(src), str(dst)]),
-             ("pykexec vmcore save --threads 1", PYKEXEC + ["-f", "--threads", "1", str(src), str(dst)])]
+    rows += [("pykexec vmcore save -d 31 (zstd 1)", PYKEXEC + ["-f", "-d", "31", str(src), str(dst)]),
+             ("pykexec vmcore save -d 31 --level -3", PYKEXEC + ["-f", "-d", "31", "--level", "-3", str(src), str(dst)]),
+             ("pykexec vmcore save -d 31 (zlib 1)", PYKEXEC + ["-f", "-d", "31", "--compress", "zlib", str(src), str(dst)]),
+             ("pykexec vmcore save -d 31 --threads 1", PYKEXEC + ["-f", "-d", "31", "--threads", "1", str(src), str(dst)]),
+             ("pykexec vmcore save -d 17 (zstd 1)", PYKEXEC + ["-f", "-d", "17", str(src), str(dst)]),
+             ("pykexec vmcore save -d 17 --level -3", PYKEXEC + ["-f", "-d", "17", "--level", "-3", str(src), str(dst)])]
     return rows
 
 
@@ -75,10 +79,12 @@ def bench(src: Path, runs: int) -> None:
     print(f"{'command':38s} {'time s':>7s} {'MB/s':>7s} {'out MB':>7s} {'ratio':>7s} {'pages':>7s} {'RSS MB':>7s}")
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
         dst = Path(tmp) / "out"
+        results: dict[str, tuple[float, int]] = {}
         for name, cmd in commands(src, dst):
             run(cmd, dst)  # warm-up (page cache)
             t = statistics.median(run(cmd, dst) for _ in range(runs))
             out = dst.stat().st_size if dst.exists() else 0
+            results[name] = (t, out)
             pages = ""
             if out:
                 with KdumpFile(dst) as k:
@@ -86,6 +92,17 @@ def bench(src: Path, runs: int) -> None:
             rss = peak_rss_kib(cmd)
             print(f"{name:38s} {t:7.2f} {size / t / 1e6:7.0f} {out / 1e6:7.1f} "
                   f"{(out / size if out else 0):7.3f} {pages:>7s} {(rss or 0) / 1024:7.1f}")
+    # Ratios, pykexec / other (time, size): below 1 is better for pykexec.
+    cat = results["cat SRC > /dev/null"][0]
+    print("ratios (pykexec / other; time, size):")
+    for ours in [n for n in results if n.startswith("pykexec")]:
+        t, out = results[ours]
+        level = " -d 31 " if " -d 31 " in ours else " -d 17 "
+        parts = [f"{t / cat:.2f}x cat"]
+        for other in [n for n in results if n.startswith("makedumpfile") and level in n]:
+            ot, oout = results[other]
+            parts.append(f"{other.split(' ', 1)[1]}: {t / ot:.2f}x time, {out / oout:.2f}x size")
+        print(f"  {ours}: " + "; ".join(parts))
 
 
 def main() -> int:

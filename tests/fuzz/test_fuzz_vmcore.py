@@ -204,3 +204,33 @@ def test_kdump_header_sizes(workdir: Path, kdump_seed: bytes, where: str, field:
     path = workdir / f"{field}.kdump"
     path.write_bytes(bytes(blob))
     assert isinstance(outcome(_read_kdump, path), KexecError)
+
+
+# --- dump-level filtering (the struct page scan) ---------------------------------------------
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_filtering(workdir: Path, data: st.DataObject) -> None:
+    """excluded_pages on the synthetic machine with VMCOREINFO values lied about: a
+    one-line error or a note, never a crash, and only RAM pfns left out."""
+    from test_vmcore_filtering import NPAGES, PAGE, info_lines, layout_mem
+    from test_vmcore_save_synth import machine
+
+    from pykexec.vmcore.filtering import excluded_pages
+    from pykexec.vmcore.kdump import PageTables
+
+    layout = data.draw(st.sampled_from(("6.1", "6.12")))
+    lines = data.draw(vmcoreinfo_lines(info_lines(layout)))
+    level = data.draw(st.integers(0, 31))
+    mem, _ = layout_mem(layout)
+    src, _ = machine(workdir, info=lines, mem=mem)
+
+    def scan() -> None:
+        with ElfCore(src) as core:
+            info = core.require_vmcoreinfo()
+            tables = PageTables(lambda a, n: core.read(a, n, physical=True), info)
+            ex = excluded_pages(info, tables, [(0, NPAGES)], PAGE, level)
+            assert all(0 <= s < e <= NPAGES for s, e in ex.ranges), ex.ranges
+            assert "\n" not in ex.note
+
+    outcome(scan)
