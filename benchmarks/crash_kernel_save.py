@@ -1,0 +1,225 @@
+"""Saving a dump where it really happens: in a crash kernel reading /proc/vmcore.
+
+A QEMU guest (1 GiB, ``crashkernel=256M``, Debian's 6.1 or 6.12 cloud kernel) loads a
+crash kernel with ``pykexec -p`` and panics through sysrq ``c``, as
+tests/vm/vmcore_fixture.py does to make its dumps.  The crash kernel (``maxcpus=1``, as
+kdump runs it, ~256 MiB of RAM, rootfs in RAM) has Python, pykexec and the host's
+makedumpfile with its libraries, and times, one after another (each ``--runs`` times,
+rounds interleaved):
+
+* ``cat /proc/vmcore > /dev/null``: simply reading the dump, every page of it (the savers
+  read less: free, cache and user pages are found in the struct page array and skipped);
+* ``makedumpfile -l -d 31`` (lzo) and ``-c -d 31`` (zlib, Debian kdump-tools' default);
+* ``pykexec vmcore save`` with its defaults (zstd 1, -d 31), ``--level -3`` and
+  ``--compress zlib``;
+* ``pykexec vmcore save --help``: Python's start-up, to tell it apart from the saving.
+
+benchmarks/vmcore_save.py compares the same tools on the host, reading a page-cache-warm
+copy of a dump.  Here the baseline is /proc/vmcore itself: every read copies the old
+kernel's memory through the crash kernel's ioremap path, with no page cache, on one CPU.
+Outputs go to a tmpfs and each is deleted as soon as its size is taken (the crash kernel
+has room for only one).
+
+Under TCG (the only accelerator the test machines have) the absolute times are emulation
+times, many times those of real hardware and skewed towards CPU-heavy work; the ratios
+between rows of one run are the point.  The first run of each program also pays for
+QEMU's code translation, so the table reports the best of the runs.
+
+    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
+
+from testbed import Assets, _copy_shared_libs, build_initramfs, run_guest_script  # noqa: E402
+
+GUEST_MEMORY = "1G"  # run_guest_script's default too; the crash region is a quarter of it
+RESULT = "PYKEXEC-CKBENCH-RESULT"
+INFO = "PYKEXEC-CKBENCH-INFO"
+FAIL = "PYKEXEC-CKBENCH-FAIL"
+DONE = "PYKEXEC-CKBENCH-DONE"
+OUT = "/tmp/out"
+HELP = "pykexec vmcore save --help"
+CAT = "cat /proc/vmcore > /dev/null"
+
+# (row name, argv in the crash kernel).  makedumpfile is put at /usr/bin in the guest.
+COMMANDS: list[tuple[str, list[str]]] = [
+    (HELP, ["pykexec", "vmcore", "save", "--help"]),
+    (CAT, ["sh", "-c", "cat /proc/vmcore > /dev/null"]),
+    ("makedumpfile -l -d 31 (lzo)", ["makedumpfile", "-l", "-d", "31", "/proc/vmcore", OUT]),
+    ("makedumpfile -c -d 31 (zlib)", ["makedumpfile", "-c", "-d", "31", "/proc/vmcore", OUT]),
+    ("pykexec vmcore save (zstd 1, -d 31)", ["pykexec", "vmcore", "save", "/proc/vmcore", OUT]),
+    ("pykexec vmcore save --level -3", ["pykexec", "vmcore", "save", "--level", "-3", "/proc/vmcore", OUT]),
+    ("pykexec vmcore save --compress zlib", ["pykexec", "vmcore", "save", "--compress", "zlib",
+                                             "/proc/vmcore", OUT]),
+]
+PYKEXEC_DEFAULT = "pykexec vmcore save (zstd 1, -d 31)"
+
+# Runs in the crash kernel.  busybox has no usable `time`, so Python times each command;
+# one JSON line per run keeps the console parseable even with kernel messages around it.
+GUEST_TIMER = """\
+import json, os, platform, subprocess, sys, time
+
+with open("/testbed/ckbench.json") as f:
+    COMMANDS = json.load(f)
+RUNS = int(sys.argv[1])
+OUT = sys.argv[2]
+
+
+def emit(tag, obj):
+    print(tag, json.dumps(obj), flush=True)
+
+
+def meminfo(key):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+emit("%(info)s", {"release": platform.release(), "cpus": os.cpu_count(),
+                   "vmcore": os.stat("/proc/vmcore").st_size, "memtotal": meminfo("MemTotal"),
+                   "memavailable": meminfo("MemAvailable")})
+for run in range(1, RUNS + 1):
+    for name, argv in COMMANDS:
+        if os.path.exists(OUT):
+            os.unlink(OUT)
+        t = time.perf_counter()
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - t
+        if res.returncode != 0:
+            emit("%(fail)s", {"name": name, "rc": res.returncode,
+                              "stdout": res.stdout.decode(errors="replace")[-2000:],
+                              "stderr": res.stderr.decode(errors="replace")[-4000:]})
+            sys.exit(1)
+        size = os.stat(OUT).st_size if os.path.exists(OUT) else 0
+        if os.path.exists(OUT):
+            os.unlink(OUT)  # RAM is short: only one output at a time
+        emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size})
+""" % {"info": INFO, "fail": FAIL, "result": RESULT}
+
+CRASH_INIT = f"""echo "crash kernel up: $(uname -r) $(cat /proc/cmdline)"
+python3 /testbed/ckbench.py "$RUNS" {OUT}
+echo "{DONE} rc=$?"
+"""
+
+FIRST_KERNEL = ("pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
+                "--append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices' && "
+                "echo c > /proc/sysrq-trigger\n"
+                "echo 'crash kernel load failed'\n")
+
+
+@dataclass
+class Row:
+    times: list[float]
+    size: int
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+
+def native_files(assets: Assets, stage: Path) -> dict[str, Path]:
+    """The host's makedumpfile and the shared libraries it and pykexec's extension modules
+    need, staged under ``stage``, as guest files.
+
+    The test bed's Python layer carries only the interpreter's libraries; zstandard's
+    backend_c also wants libpthread.so.0, without which ``import zstandard`` fails and
+    pykexec's default (zstd) save refuses to run.
+    """
+    mdf = shutil.which("makedumpfile") or shutil.which("makedumpfile", path="/usr/sbin:/sbin")
+    if not mdf:
+        raise SystemExit("makedumpfile not found on the host (apt-get install makedumpfile)")
+    extensions = sorted(assets.pykexec_tree().rglob("*.so"))
+    missing = _copy_shared_libs([Path(mdf), *extensions], stage, [])
+    if missing:
+        raise SystemExit(f"ldd could not resolve every library of {missing}")
+    (stage / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(mdf, stage / "usr" / "bin" / "makedumpfile")
+    return {child.name: child for child in stage.iterdir()}
+
+
+def run_in_crash_kernel(kernel: str, smp: int, runs: int,
+                        timeout: float) -> tuple[dict[str, Any], dict[str, Row]]:
+    assets = Assets()
+    with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
+        files: dict[str, Path | str | bytes] = dict(native_files(assets, Path(tmp) / "stage"))
+        files["testbed/ckbench.py"] = GUEST_TIMER.encode()
+        files["testbed/ckbench.json"] = json.dumps(COMMANDS).encode()
+        crash = build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,
+                                with_python=True, with_pykexec=True, assets=assets, kernels=(),
+                                compress=True)
+        run = run_guest_script(
+            FIRST_KERNEL, assets, kernel=kernel, smp=smp, memory=GUEST_MEMORY,
+            append_extra="crashkernel=256M", extra_files={"testbed/crash.cpio.gz": crash},
+            guest_kernels=(kernel,), with_kexec_tools=False, timeout=timeout, until=DONE)
+    print(f"serial log: {run.log_path} ({run.duration:.0f} s)")
+    for m in re.finditer(rf"{FAIL} (\{{.*\}})", run.log):
+        fail = json.loads(m.group(1))
+        print(f"FAILED in the crash kernel: {fail['name']} exited {fail['rc']}\n"
+              f"--- stdout ---\n{fail['stdout']}\n--- stderr ---\n{fail['stderr']}", file=sys.stderr)
+    done = re.search(rf"{DONE} rc=(\d+)", run.log)
+    info = re.search(rf"{INFO} (\{{.*\}})", run.log)
+    if not done or done.group(1) != "0" or not info:
+        raise SystemExit(f"the crash-kernel benchmark did not complete\n{run.describe()}")
+    rows: dict[str, Row] = {}
+    for m in re.finditer(rf"{RESULT} (\{{.*\}})", run.log):
+        r = json.loads(m.group(1))
+        rows.setdefault(r["name"], Row([], r["bytes"])).times.append(r["seconds"])
+    if set(rows) != {name for name, _ in COMMANDS}:
+        raise SystemExit(f"results missing for {sorted({n for n, _ in COMMANDS} - set(rows))}")
+    return json.loads(info.group(1)), rows
+
+
+def report(kernel: str, smp: int, info: dict[str, Any], rows: dict[str, Row]) -> None:
+    size = info["vmcore"]
+    print(f"\ncrash kernel {info['release']} (guest {kernel}, smp {smp}; crash kernel {info['cpus']} CPU, "
+          f"MemTotal {info['memtotal'] / 2**20:.0f} MiB, MemAvailable {info['memavailable'] / 2**20:.0f} MiB); "
+          f"/proc/vmcore {size / 1e6:.0f} MB; times under TCG")
+    runs = len(next(iter(rows.values())).times)
+    heads = " ".join(f"{f'run {i + 1} s':>8s}" for i in range(runs))
+    print(f"{'command':38s} {heads} {'best s':>8s} {'MB/s':>7s} {'out MB':>7s}")
+    for name, row in rows.items():
+        times = " ".join(f"{t:8.2f}" for t in row.times)
+        rate = f"{size / row.best / 1e6:7.1f}" if name != HELP else f"{'-':>7s}"
+        out = f"{row.size / 1e6:7.1f}" if row.size else f"{'-':>7s}"
+        print(f"{name:38s} {times} {row.best:8.2f} {rate} {out}")
+    cat, start = rows[CAT].best, rows[HELP].best
+    # MB/s is the dump's size over the time, whatever part of it a command reads.
+    print("ratios (best times; start-up ~ the --help row):")
+    for name in (n for n in rows if n.startswith("pykexec") and n != HELP):
+        t = rows[name].best
+        print(f"  {name}: {t / cat:.2f}x cat; without start-up: {(t - start) / cat:.2f}x cat")
+    ours = rows[PYKEXEC_DEFAULT]
+    for name in (n for n in rows if n.startswith("makedumpfile")):
+        other = rows[name]
+        print(f"  {PYKEXEC_DEFAULT} vs {name}: {ours.best / other.best:.2f}x time, "
+              f"{ours.size / other.size:.2f}x size")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernel", default="6.1", choices=("6.1", "6.12"))
+    ap.add_argument("--smp", type=int, default=1, help="CPUs of the crashing guest (the crash kernel uses one)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each command in the crash kernel")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before QEMU is killed")
+    args = ap.parse_args()
+    info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout)
+    report(args.kernel, args.smp, info, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
