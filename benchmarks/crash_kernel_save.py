@@ -131,19 +131,13 @@ class Row:
         return min(self.times)
 
 
-def native_files(assets: Assets, stage: Path) -> dict[str, Path]:
-    """The host's makedumpfile and the shared libraries it and pykexec's extension modules
-    need, staged under ``stage``, as guest files.
-
-    The test bed's Python layer carries only the interpreter's libraries; zstandard's
-    backend_c also wants libpthread.so.0, without which ``import zstandard`` fails and
-    pykexec's default (zstd) save refuses to run.
-    """
+def native_files(stage: Path) -> dict[str, Path]:
+    """The host's makedumpfile and its shared libraries, staged under ``stage``, as guest
+    files (pykexec's own extension libraries come with the test bed's pykexec layer)."""
     mdf = shutil.which("makedumpfile") or shutil.which("makedumpfile", path="/usr/sbin:/sbin")
     if not mdf:
         raise SystemExit("makedumpfile not found on the host (apt-get install makedumpfile)")
-    extensions = sorted(assets.pykexec_tree().rglob("*.so"))
-    missing = _copy_shared_libs([Path(mdf), *extensions], stage, [])
+    missing = _copy_shared_libs([Path(mdf)], stage, [])
     if missing:
         raise SystemExit(f"ldd could not resolve every library of {missing}")
     (stage / "usr" / "bin").mkdir(parents=True, exist_ok=True)
@@ -155,7 +149,7 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int,
                         timeout: float) -> tuple[dict[str, Any], dict[str, Row]]:
     assets = Assets()
     with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
-        files: dict[str, Path | str | bytes] = dict(native_files(assets, Path(tmp) / "stage"))
+        files: dict[str, Path | str | bytes] = dict(native_files(Path(tmp) / "stage"))
         files["testbed/ckbench.py"] = GUEST_TIMER.encode()
         files["testbed/ckbench.json"] = json.dumps(COMMANDS).encode()
         crash = build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,

@@ -4,7 +4,9 @@
    purgatory, plan printed), then pykexec -e: the second kernel reports its command line.
 2. A guest booted with crashkernel=256M loads a crash kernel with pykexec -c -p (our
    elfcorehdr and purgatory), panics, and in the crash kernel pykexec reads the dump:
-   `vmcore info` and the dying kernel's last log lines with `vmcore dmesg`.
+   `vmcore info` and the dying kernel's last log lines with `vmcore dmesg`; then
+   `vmcore save` writes it kdump-compressed (makedumpfile -d 31's pages, zstd) and the
+   log read back from the saved file is the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ pykexec vmcore info /proc/vmcore | sed 's/^/PYKEXEC-DEMO info: /'
 pykexec vmcore dmesg /proc/vmcore > /tmp/log
 echo "PYKEXEC-DEMO dmesg: $(wc -l < /tmp/log) lines; the panic:"
 grep -m1 'Kernel panic' /tmp/log | sed 's/^/PYKEXEC-DEMO dmesg: /'
+pykexec vmcore save /proc/vmcore /tmp/vmcore.kdump
+echo "PYKEXEC-DEMO save: exit $?, $(stat -c %s /tmp/vmcore.kdump) bytes from $(stat -c %s /proc/vmcore)"
+pykexec vmcore dmesg /tmp/vmcore.kdump > /tmp/log2
+cmp -s /tmp/log /tmp/log2 && echo "PYKEXEC-DEMO save: the saved dump has the same log as /proc/vmcore"
 """
 
 
@@ -58,7 +64,9 @@ def main() -> int:
     show(run, ("crash-kernel-loaded", "PYKEXEC-DEMO"))
     ok2 = any("PYKEXEC-DEMO dmesg" in line and "sysrq triggered crash" in line for line in run.log.splitlines())
     print(f"  -> crash kernel read the dump and found the panic: {'yes' if ok2 else 'NO'}  ({run.log_path})")
-    return 0 if ok1 and ok2 else 1
+    ok3 = "the saved dump has the same log" in run.log
+    print(f"  -> crash kernel saved the dump and read it back: {'yes' if ok3 else 'NO'}")
+    return 0 if ok1 and ok2 and ok3 else 1
 
 
 if __name__ == "__main__":

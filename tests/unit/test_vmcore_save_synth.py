@@ -378,6 +378,18 @@ def test_default_level_31_says_what_it_kept(tmp_path: Path) -> None:
         assert list(k.saved_pfns()) == sorted(set(range(NPAGES)) - _free_pfns())
 
 
+def test_zstandard_that_does_not_load_is_named(tmp_path: Path) -> None:
+    """An installed zstandard whose library is missing fails to import: one line that
+    says so and offers zlib; nothing written."""
+    src, _ = machine(tmp_path)
+    code = ("import sys; sys.modules['zstandard'] = None; from pykexec.vmcore.save import main; "
+            f"sys.exit(main(['-d', '17', {str(src)!r}, {str(tmp_path / 'd')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1 and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "zstandard module, which does not load (" in res.stderr and "--compress zlib" in res.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_save_is_lazy_about_imports() -> None:
     code = ("import sys, pykexec.vmcore.save; "
             "bad = [m for m in ('dataclasses', 'typing', 'pathlib', 'zstandard') if m in sys.modules]; "

@@ -17,4 +17,5 @@ def test_demo_kexecs_and_reads_the_crash_dump(pykexec_assets: Assets) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "second kernel up with the exact command line: yes" in run.stdout
     assert "crash kernel read the dump and found the panic: yes" in run.stdout
+    assert "crash kernel saved the dump and read it back: yes" in run.stdout
     assert "Kernel panic - not syncing: sysrq triggered crash" in run.stdout

@@ -85,7 +85,7 @@ _DYNLOAD_DROP = re.compile(
 )
 
 # Bump to invalidate every cached derived artifact after a layout change.
-_LAYOUT_VERSION = "1+entry"
+_LAYOUT_VERSION = "2+extension-libs"
 
 
 # --------------------------------------------------------------------------- #
@@ -521,6 +521,11 @@ class Assets:
                 _run([_host_python311(), "-m", "pip", "install", "-q", "--no-compile",
                       "--disable-pip-version-check", "--target", site, st])
             shutil.rmtree(site / "bin", ignore_errors=True)  # host shebangs; see wrapper below
+            # Libraries of the dependencies' extension modules that the python layer lacks
+            # (zstandard's backend wants libpthread.so.0), from the host (Debian 12 too).
+            unresolved = _copy_shared_libs(sorted(site.rglob("*.so")), tmp, [])
+            if unresolved:
+                raise TestbedError(f"ldd cannot resolve every library of {unresolved}")
             _compile_tree(site, guest_prefix="/usr/lib/python3/dist-packages")
             wrapper = tmp / "usr" / "sbin" / "pykexec"
             wrapper.parent.mkdir(parents=True)

@@ -159,9 +159,10 @@ def ram_runs(loads: Sequence[Load], page: int) -> list[Run]:
 def _zstd() -> object:
     try:
         import zstandard
-    except ImportError:
-        raise VmcoreError("zstd compression needs the zstandard module (pip install zstandard), "
-                          "or use --compress zlib") from None
+    except ImportError as err:
+        # Name the real cause: an installed module can fail to load (a missing library).
+        raise VmcoreError(f"zstd compression needs the zstandard module, which does not load ({err}); "
+                          "install it (pip install zstandard) or use --compress zlib") from None
     return zstandard
 
 
