@@ -54,9 +54,13 @@ def main() -> int:
     import pykexec
 
     compileall.compile_dir(str(Path(pykexec.__file__).parent), quiet=1)
-    python = [sys.executable, "-m", "pykexec"]
+    # The installed command, as users run it (``python -m`` would add runpy's imports).
+    script = Path(sys.executable).parent / "pykexec"
+    python = [str(script)] if script.exists() else [sys.executable, "-m", "pykexec"]
     bare = wall([sys.executable, "-c", "pass"], a.runs)
-    print(f"python -c pass: {bare * 1e3:.1f} ms")
+    floor = wall([sys.executable, "-I", "-S", "-c", "pass"], a.runs)
+    print(f"python -c pass: {bare * 1e3:.1f} ms; python -I -S -c pass (no site, the least any "
+          f"CPython command costs): {floor * 1e3:.1f} ms")
     for kernel in ("6.1", "6.12"):
         dump = real_vmcore(assets, kernel)
         ours = wall(python + ["vmcore", "dmesg", str(dump)], a.runs)
