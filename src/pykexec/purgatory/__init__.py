@@ -23,7 +23,6 @@ its header and parameter block is in :mod:`pykexec.layouts.purgatory`.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
 from enum import IntEnum
