@@ -24,6 +24,15 @@ class VmcoreError(KexecError):
     """A dump cannot be read, or the kernel log in it is unusable; one line."""
 
 
+def open_error(path: str | os.PathLike[str], err: OSError) -> VmcoreError:
+    """The one-line error for a dump that cannot be opened."""
+    if isinstance(err, IsADirectoryError):
+        return VmcoreError(f"{path}: is a directory")
+    if isinstance(err, FileNotFoundError):
+        return VmcoreError(f"{path}: no such file")
+    return VmcoreError(f"{path}: cannot open: {err.strerror}")
+
+
 def open_dump(path: str | os.PathLike[str]) -> ElfCore | KdumpCore:
     """An ELF core (/proc/vmcore, makedumpfile -E) or a kdump-compressed file (ours or
     makedumpfile's), told apart by their first bytes.
@@ -34,12 +43,8 @@ def open_dump(path: str | os.PathLike[str]) -> ElfCore | KdumpCore:
     try:
         with open(path, "rb") as f:
             magic = f.read(8)
-    except IsADirectoryError:
-        raise VmcoreError(f"{path}: is a directory") from None
-    except FileNotFoundError:
-        raise VmcoreError(f"{path}: no such file") from None
     except OSError as err:
-        raise VmcoreError(f"{path}: cannot open: {err.strerror}") from None
+        raise open_error(path, err) from None
     if magic.startswith(b"\x7fELF"):
         from pykexec.vmcore.elfcore import ElfCore
 

@@ -39,7 +39,7 @@ from pykexec.layouts.elf import (
     NoteFormatError,
     iter_notes,
 )
-from pykexec.vmcore import VmcoreError
+from pykexec.vmcore import VmcoreError, open_error
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 #: Largest read that has to be copied together (straddling segments or zero fill).
@@ -83,12 +83,8 @@ class ElfCore:
         self._map: mmap.mmap | None = None
         try:
             fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise VmcoreError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise VmcoreError(f"{self.path}: is a directory") from None
         except OSError as err:
-            raise VmcoreError(f"{self.path}: cannot open: {err.strerror}") from None
+            raise open_error(self.path, err) from None
         try:
             size = os.fstat(fd).st_size
             if os.path.isdir(self.path):
