@@ -390,6 +390,19 @@ def test_zstandard_that_does_not_load_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_summary_line_names_what_was_left_out(tmp_path: Path) -> None:
+    from pykexec.vmcore.save import summary
+
+    src, _ = machine(tmp_path)
+    res = save(str(src), str(tmp_path / "d"), dump_level=17, progress=False)
+    line = summary(res, "d")
+    assert line.startswith(f"pykexec: saved d: {res.saved_pages} of {NPAGES} pages ({res.zero_pages} of them zero; "
+                           f"left out: {len(_free_pfns())} free), ")
+    assert line.endswith("MB/s)\n") and line.count("\n") == 1
+    res = save(str(src), str(tmp_path / "d0"), dump_level=0, progress=False)
+    assert "left out: none)" in summary(res, "d0")
+
+
 def test_save_is_lazy_about_imports() -> None:
     code = ("import sys, pykexec.vmcore.save; "
             "bad = [m for m in ('dataclasses', 'typing', 'pathlib', 'zstandard') if m in sys.modules]; "

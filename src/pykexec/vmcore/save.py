@@ -784,9 +784,9 @@ def summary(result: SaveResult, dst: str) -> str:
     """The one line printed when a save completes."""
     mb = 1e6
     rate = result.read_bytes / max(result.seconds, 1e-6) / mb
-    left = "".join(f", {n} {kind.replace('_', ' ')}" for kind, n in result.excluded.items() if n)
+    left = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result.excluded.items() if n)
     return (f"pykexec: saved {dst}: {result.saved_pages} of {result.ram_pages} pages "
-            f"({result.zero_pages} zero{left} left out), {result.out_bytes / mb:.1f} MB "
+            f"({result.zero_pages} of them zero; left out: {left or 'none'}), {result.out_bytes / mb:.1f} MB "
             f"in {result.seconds:.2f} s ({rate:.0f} MB/s)\n")
 
 
