@@ -88,6 +88,8 @@ COMPRESSIONS = ("zstd", "zlib", "none")
 #: Accepted ``--level`` per compression: zstd's negative levels trade size for speed.
 LEVELS = {"zstd": (-50, 19), "zlib": (1, 9)}
 FORMATS = ("kdump", "elf")
+#: makedumpfile's own spellings, for kdump configurations written for it.
+MAKEDUMPFILE_FLAGS = {"-c": ("compress", "zlib"), "-z": ("compress", "zstd"), "-E": ("fmt", "elf")}
 #: ``--format elf``: left-out runs of at least this many pages split a PT_LOAD
 #: (makedumpfile's PFN_EXCLUDED); shorter ones are stored as zeros.
 ELF_GAP_PAGES = 256
@@ -813,6 +815,8 @@ options:
                     1 zero pages, 2 page cache, 4 page cache with private data,
                     8 user data, 16 free pages; default 31, 0 keeps every page
   --threads N       compression threads (default: one per CPU)
+  -c, -z, -E        makedumpfile's spellings of --compress zlib, --compress zstd
+                    and --format elf (-l and -p, lzo and snappy, are not written)
   -f, --force       overwrite DST if it exists
   -h, --help        show this help
 
@@ -866,6 +870,12 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
             opts["threads"] = int(text)
         elif arg in ("-f", "--force"):
             opts["force"] = True
+        elif arg in MAKEDUMPFILE_FLAGS:  # what a kdump configuration passes makedumpfile
+            key, val = MAKEDUMPFILE_FLAGS[arg]
+            opts[key] = val
+        elif arg in ("-l", "-p"):
+            raise UsageError(f"{arg} ({'lzo' if arg == '-l' else 'snappy'}) is not written by pykexec: "
+                             "use -z (zstd, the default; smaller) or -c (zlib)")
         elif arg.startswith("-d") and len(arg) > 2:
             args.insert(0, arg[2:])
             args.insert(0, "-d")
@@ -893,7 +903,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"pykexec: {err}\n")
         if isinstance(err, UsageError):
             sys.stderr.write("usage: pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] "
-                             "[-d LEVEL] [--force] SRC DST\n")
+                             "[--level N] [-d LEVEL] [--force] SRC DST\n")
         return err.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
