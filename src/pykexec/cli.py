@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pykexec import __version__
 from pykexec import images
 from pykexec import machine as machine_mod
-from pykexec.errors import KexecError, UsageError, read_input
+from pykexec.errors import KexecError, UsageError, read_input, report
 from pykexec.machine import Machine
 from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, BACKEND_XEN, FileLoadInputs, LoadPlan, validate
 
@@ -426,8 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except KexecError as err:
-        print(f"pykexec: {err}", file=sys.stderr)
-        return err.exit_code
+        return report(err)
     except KeyboardInterrupt:
         print("pykexec: interrupted", file=sys.stderr)
         return 130

@@ -227,7 +227,7 @@ def main(argv: list[str]) -> int:
     """``pykexec doctor [--json]``: exit 1 when a check fails."""
     import sys
 
-    from pykexec.errors import UsageError
+    from pykexec.errors import UsageError, report
 
     if any(a in ("-h", "--help") for a in argv):
         sys.stdout.write("usage: pykexec doctor [--json]\n\nCheck whether this machine can kexec and kdump, "
@@ -235,8 +235,7 @@ def main(argv: list[str]) -> int:
         return 0
     bad = [a for a in argv if a != "--json"]
     if bad:
-        sys.stderr.write(f"pykexec: {UsageError(f'unknown doctor option {bad[0]}')}\n")
-        return 2
+        return report(UsageError(f"unknown doctor option {bad[0]}"), "pykexec doctor")
     findings = run()
     if "--json" in argv:
         import json

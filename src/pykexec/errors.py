@@ -50,6 +50,16 @@ class PlanError(KexecError):
         self.segments = list(segments)
 
 
+def report(err: KexecError, help_command: str = "") -> int:
+    """Print ``err`` as pykexec's one stderr line and return its exit status.  A usage
+    error points at ``help_command --help`` (still one line) when one is given."""
+    import sys
+
+    hint = f" (see {help_command} --help)" if help_command and isinstance(err, UsageError) else ""
+    sys.stderr.write(f"pykexec: {err}{hint}\n")
+    return err.exit_code
+
+
 def read_input(path: str, what: str, error: type[KexecError] = InputError) -> bytes:
     """A whole input file, or ``error`` with one line naming it and what went wrong."""
     try:

@@ -68,6 +68,5 @@ def test_corpus_case(results: dict[str, subprocess.CompletedProcess[str]], name:
     lines = proc.stderr.splitlines()
     assert proc.returncode != 0, f"{name}: exit 0\n{proc.stdout[-500:]}"
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-2000:]
-    # vmcore's usage errors add a usage line by design; none of these cases is one.
     assert len(lines) == 1 and lines[0].startswith("pykexec: "), f"{name}: stderr {proc.stderr!r}"
     assert expected in lines[0], f"{name}: expected {expected!r} in {lines[0]!r}"

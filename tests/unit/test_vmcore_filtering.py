@@ -29,7 +29,7 @@ from test_vmcore_save_synth import (
 )
 
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, find_free_pages, merge
+from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, merge
 from pykexec.vmcore.kdump import PageTables
 
 SIZE_PAGE = 64
@@ -379,16 +379,6 @@ def test_hostile_layout_values_keep_everything(tmp_path: Path, key: str, value: 
     ex = run(tmp_path, info_lines("6.12", drop=(key + "=",), extra=(f"{key}={value}",)), mem, 31)
     assert ex.note == f"VMCOREINFO has an implausible {key}={value}: free, cache and user pages kept"
     assert (ex.ranges, ex.pages) == ([], 0)
-
-
-def test_find_free_pages_ignores_other_kinds(tmp_path: Path) -> None:
-    """find_free_pages (bit 16 alone) leaves hwpoison/offline pages to excluded_pages."""
-    mem, _ = layout_mem("6.12")
-    src, _ = machine(tmp_path, info=info_lines("6.12"), mem=mem)
-    with ElfCore(src) as core:
-        vi = core.require_vmcoreinfo()
-        tables = PageTables(lambda a, n: core.read(a, n, physical=True), vi)
-        assert find_free_pages(vi, tables, [(0, NPAGES)], PAGE) == [(1024, 1536), (1800, 1804)]
 
 
 def test_exclusion_is_slotted() -> None:

@@ -27,7 +27,7 @@ from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
 from pykexec.vmcore import VmcoreError
 from pykexec.vmcore.kdump import KdumpFile
-from pykexec.vmcore.filtering import find_free_pages, merge, set_bits, subtract
+from pykexec.vmcore.filtering import excluded_pages, merge, set_bits, subtract
 from pykexec.vmcore.save import save
 
 PAGE = 4096
@@ -234,7 +234,7 @@ def test_without_free_page_keys_zero_pages_only(tmp_path: Path) -> None:
     assert res.saved_pages == NPAGES
 
 
-def test_find_free_pages_direct(tmp_path: Path) -> None:
+def test_free_pages_direct(tmp_path: Path) -> None:
     from pykexec.vmcore.elfcore import ElfCore
     from pykexec.vmcore.kdump import PageTables
 
@@ -246,7 +246,7 @@ def test_find_free_pages_direct(tmp_path: Path) -> None:
         assert tables.translate(DIRECT + 0x123456)[0] == 0x123456
         with pytest.raises(VmcoreError, match="not mapped"):
             tables.translate(0xFFFFC90000000000)
-        assert find_free_pages(info, tables, [(0, NPAGES)], PAGE) == [(1024, 1536), (1800, 1804)]
+        assert excluded_pages(info, tables, [(0, NPAGES)], PAGE, 16).ranges == [(1024, 1536), (1800, 1804)]
 
 
 # -- incomplete dumps ---------------------------------------------------------------------------

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from pykexec.errors import KexecError, UsageError
+from pykexec.errors import KexecError, UsageError, report
 
 USAGE = """\
 usage: pykexec vmcore dmesg [options] PATH
        pykexec vmcore dmesg --xen [--xen-syms FILE] PATH
        pykexec vmcore info [--json] PATH
-       pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [-d LEVEL] [--force] SRC DST
+       pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [--level N] [-d LEVEL] [--force] SRC DST
 
 Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
 Output matches kexec-tools' vmcore-dmesg unless an option changes it.  In a dump
@@ -197,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         out = dmesg(opts)
     except KexecError as err:
-        sys.stderr.write(f"pykexec: {err}\n")
-        if isinstance(err, UsageError):
-            sys.stderr.write("usage: pykexec vmcore dmesg [-l LIST] [-x] [-T] [--show-caller] "
-                             "[--xen [--xen-syms FILE]] PATH\n")
-        return err.exit_code
+        return report(err, "pykexec vmcore")
     try:
         sys.stdout.buffer.write(out)
         sys.stdout.flush()

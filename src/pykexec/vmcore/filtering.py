@@ -54,8 +54,7 @@ choice of pages is identical at every level):
   tails; here the whole folio goes, as in later makedumpfile releases (none
   in the test dumps).
 
-Entry points: :func:`excluded_pages` (every kind, one scan of the struct pages)
-and :func:`find_free_pages` (bit 16 alone, raising :class:`FreePagesUnavailable`).
+Entry point: :func:`excluded_pages` (every kind, one scan of the struct pages).
 
 Speed: the struct pages are read in 2048-page pieces, and only the bytes the
 rules look at are kept, as one-byte-per-page columns (``bytes[off::size]``).
@@ -161,8 +160,8 @@ class Exclusion:
         return f"Exclusion({len(self.ranges)} ranges, {self.counts}, note={self.note!r})"
 
 
-class FreePagesUnavailable(Exception):
-    """VMCOREINFO or the dump lacks what the buddy walk needs; the message says what."""
+class _UnknownLayout(Exception):
+    """VMCOREINFO describes a memory layout the walk does not know; the message says which."""
 
 
 # -- what to look for ----------------------------------------------------------------------
@@ -263,7 +262,7 @@ class _Plan:
                  "buddy", "offline", "slab_type", "huge_type", "huge_next_bit", "huge_dtor", "order_next",
                  "free", "cache", "anon", "max_order", "decision", "columns")
 
-    def __init__(self, info: VmcoreInfo, level: int, *, others: bool = True) -> None:
+    def __init__(self, info: VmcoreInfo, level: int) -> None:
         def off(name: str) -> int | None:
             return info.offset(name) if f"OFFSET({name})" in info else None
 
@@ -279,7 +278,7 @@ class _Plan:
         self.lru, self.priv_bit = num("PG_lru"), num("PG_private")
         self.swapcache, self.swapbacked = num("PG_swapcache"), num("PG_swapbacked")
         self.slab_bit = num("PG_slab") if self.flags is not None else None
-        self.hwpoison = num("PG_hwpoison") if others and self.flags is not None else None
+        self.hwpoison = num("PG_hwpoison") if self.flags is not None else None
         self.head_mask = num("PG_head_mask") if self.flags is not None else None
         self.max_order = info.length("zone.free_area") - 1 if "LENGTH(zone.free_area)" in info else 10
 
@@ -287,7 +286,7 @@ class _Plan:
         value = num("PAGE_SLAB_MAPCOUNT_VALUE")
         self.slab_type = _page_type(value) if value is not None and mc is not None else None
         value = num("PAGE_OFFLINE_MAPCOUNT_VALUE")
-        self.offline = value & 0xFFFFFFFF if others and value is not None and mc is not None else None
+        self.offline = value & 0xFFFFFFFF if value is not None and mc is not None else None
 
         missing = next((k for k in _LAYOUT_KEYS if k not in info), None)
         why = f"VMCOREINFO has no {missing}" if missing else _implausible(info)
@@ -622,7 +621,7 @@ def _walk(plan: _Plan, info: VmcoreInfo, tables: PageTables, ram: Sequence[tuple
     page_shift = page.bit_length() - 1
     pfn_shift = info.number("SECTION_SIZE_BITS") - page_shift   # pfns per section = 1 << pfn_shift
     if pfn_shift <= 0:
-        raise FreePagesUnavailable(f"NUMBER(SECTION_SIZE_BITS) is not above the page shift ({page_shift})")
+        raise _UnknownLayout(f"NUMBER(SECTION_SIZE_BITS) is not above the page shift ({page_shift})")
     size_ms = info.size("mem_section")
     off_smm = info.offset("mem_section.section_mem_map")
     nr_sections = 1 << (info.number("MAX_PHYSMEM_BITS") - info.number("SECTION_SIZE_BITS"))
@@ -630,7 +629,7 @@ def _walk(plan: _Plan, info: VmcoreInfo, tables: PageTables, ram: Sequence[tuple
     roots = info.length("mem_section")
     extreme = roots * per_root == nr_sections   # else: a flat array of nr_sections structs
     if not extreme and roots != nr_sections:
-        raise FreePagesUnavailable(f"LENGTH(mem_section)={roots} matches neither SPARSEMEM layout")
+        raise _UnknownLayout(f"LENGTH(mem_section)={roots} matches neither SPARSEMEM layout")
     mem_section = info.symbol("mem_section")
     root_cache: dict[int, int] = {}
 
@@ -705,21 +704,9 @@ def excluded_pages(info: VmcoreInfo, tables: PageTables, ram: Sequence[tuple[int
         if not plan.scan:
             return Exclusion([], counts, plan.note)
         ranges, by_code = _walk(plan, info, tables, ram, page)
-    except (FreePagesUnavailable, VmcoreError) as err:   # a malformed value, a layout we do not know
+    except (_UnknownLayout, VmcoreError) as err:   # a malformed value, a layout we do not know
         asked = _asked(dump_level)
         return Exclusion([], counts, "; ".join(n for n in (note, _kept(str(err), asked) if asked else "") if n))
     for code, kind in enumerate(KINDS, 1):
         counts[kind] = by_code[code]
-    return Exclusion(ranges, counts, plan.note)
-
-
-def find_free_pages(info: VmcoreInfo, tables: PageTables,
-                    ram: Sequence[tuple[int, int]], page: int) -> list[tuple[int, int]]:
-    """Merged pfn ranges of free buddy blocks within ``ram`` (bit 16 alone).
-
-    Raises :class:`FreePagesUnavailable` if VMCOREINFO lacks what the walk needs.
-    """
-    plan = _Plan(info, DL_EXCLUDE_FREE, others=False)
-    if not plan.free:
-        raise FreePagesUnavailable(plan.note.removesuffix(": free pages kept"))
-    return _walk(plan, info, tables, ram, page)[0]
+    return Exclusion(ranges, counts, note)

@@ -62,7 +62,7 @@ import sys
 import time
 import zlib
 
-from pykexec.errors import UsageError
+from pykexec.errors import KexecError, UsageError, report
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
 from pykexec.vmcore import VmcoreError
@@ -78,7 +78,6 @@ if TYPE_CHECKING:
 
 #: Pages read, tested and compressed per round (8 MiB of 4 KiB pages).
 CHUNK_PAGES = 2048
-#: Default dump level: zero pages and free pages.
 #: Default dump level 31: zero, cache, private cache, user and free pages left out,
 #: what distributions' kdump configurations ask makedumpfile for (``-d 31``).
 DEFAULT_DUMP_LEVEL = 31
@@ -103,7 +102,6 @@ class SaveResult:
     def __init__(self) -> None:
         self.ram_pages = 0        # pages in the 1st bitmap
         self.excluded = dict.fromkeys(KINDS, 0)  # pages left out, per kind (filtering.KINDS)
-        self.free_pages = 0       # excluded["free"]
         self.filter_note = ""     # why pages the dump level asks to leave out were kept
         self.saved_pages = 0      # descriptors written
         self.zero_pages = 0       # of those, pointing at the shared zero page
@@ -112,6 +110,10 @@ class SaveResult:
         self.out_bytes = 0
         self.seconds = 0.0
         self.incomplete = ""      # why the dump is incomplete; "" if complete
+
+    @property
+    def free_pages(self) -> int:
+        return self.excluded["free"]
 
 
 # -- the physical memory of the source ---------------------------------------------------------
@@ -185,7 +187,6 @@ class _Pool:
         self._executor = None
         if kind == "zstd":
             zstandard = _zstd()
-            self._zstd = zstandard
             # Telling zstd the input is one page shrinks its tables: 4 KiB frames
             # compress about 1.5x faster at the same ratio.
             params = zstandard.ZstdCompressionParameters.from_level(  # type: ignore[attr-defined]
@@ -379,7 +380,6 @@ def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_lev
                 result.filter_note = exclusion.note
         kept = subtract(ram, left_out)
         num_kept = sum(e - s for s, e in kept)
-        result.free_pages = result.excluded["free"]
         if fmt == "elf":
             _save_elf(core, dst, kept, page, force, progress, result,
                       exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
@@ -838,6 +838,13 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
             raise UsageError(f"{name} needs a value")
         return args.pop(0)
 
+    def number(name: str, inline: str | None, base: int = 10) -> int:
+        text = value(name, inline)
+        try:
+            return int(text, base)
+        except ValueError:
+            raise UsageError(f"{name} needs a number, not {text!r}") from None
+
     while args:
         arg = args.pop(0)
         if arg == "--":
@@ -850,19 +857,11 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
         if name == "--compress":
             opts["compress"] = value(name, val)
         elif name == "--level":
-            text = value(name, val)
-            try:
-                opts["level"] = int(text)
-            except ValueError:
-                raise UsageError(f"--level needs a number, not {text!r}") from None
+            opts["level"] = number(name, val)
         elif name == "--format":
             opts["fmt"] = value(name, val)
         elif name in ("-d", "--dump-level"):
-            text = value(name, val)
-            try:
-                opts["dump_level"] = int(text, 0)
-            except ValueError:
-                raise UsageError(f"{name} needs a number, not {text!r}") from None
+            opts["dump_level"] = number(name, val, 0)
         elif name == "--threads":
             text = value(name, val)
             if not text.isdigit() or int(text) < 1:
@@ -891,8 +890,6 @@ def parse_args(argv: list[str]) -> dict[str, object] | None:
 
 def main(argv: list[str]) -> int:
     """``pykexec vmcore save ...``; returns the exit status (one line on stderr on failure)."""
-    from pykexec.errors import KexecError
-
     try:
         opts = parse_args(argv)
         if opts is None:
@@ -900,11 +897,7 @@ def main(argv: list[str]) -> int:
             return 0
         result = save(**opts)  # type: ignore[arg-type]
     except KexecError as err:
-        sys.stderr.write(f"pykexec: {err}\n")
-        if isinstance(err, UsageError):
-            sys.stderr.write("usage: pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] "
-                             "[--level N] [-d LEVEL] [--force] SRC DST\n")
-        return err.exit_code
+        return report(err, "pykexec vmcore save")
     except KeyboardInterrupt:
         sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
         return 130
