@@ -421,11 +421,9 @@ class Assets:
             w.symlink("bin/sh", "busybox")
         return self._segment("busybox", str(bb), build)
 
-    def python_tree(self) -> Path:
-        """Guest Python 3.11: interpreter, trimmed and precompiled stdlib, libraries."""
-        roots = [self.package(p) for p in PYTHON_PACKAGES]
-        key = _hash(_LAYOUT_VERSION, *(r.name for r in roots))
-        tree = self.built / f"python-{key}"
+    def _built_tree(self, tree: Path, fill: Callable[[Path], None]) -> Path:
+        """``tree``, made once by ``fill`` (into a temporary sibling, renamed when complete,
+        so a crash never leaves a half tree that looks done), under the cache lock."""
         if (tree / ".done").exists():
             return tree
         with self.lock():
@@ -433,6 +431,18 @@ class Assets:
                 return tree
             tmp = tree.with_name(tree.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
+            fill(tmp)
+            (tmp / ".done").touch()
+            shutil.rmtree(tree, ignore_errors=True)
+            os.replace(tmp, tree)
+        return tree
+
+    def python_tree(self) -> Path:
+        """Guest Python 3.11: interpreter, trimmed and precompiled stdlib, libraries."""
+        roots = [self.package(p) for p in PYTHON_PACKAGES]
+        key = _hash(_LAYOUT_VERSION, *(r.name for r in roots))
+
+        def fill(tmp: Path) -> None:
             for r in roots:
                 shutil.copytree(r, tmp, symlinks=True, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns(".unpacked", "share"))
@@ -455,10 +465,7 @@ class Assets:
             for so in missing:
                 so.unlink()  # an extension whose library is absent: drop it
             _compile_tree(stdlib, guest_prefix="/usr/lib/python3.11")
-            (tmp / ".done").touch()
-            shutil.rmtree(tree, ignore_errors=True)
-            os.replace(tmp, tree)
-        return tree
+        return self._built_tree(self.built / f"python-{key}", fill)
 
     def python_segment(self) -> Path:
         tree = self.python_tree()
@@ -498,14 +505,8 @@ class Assets:
         parts: list[bytes | str] = [_LAYOUT_VERSION, (self.repo / "pyproject.toml").read_bytes()]
         for p in src_files:
             parts += [str(p.relative_to(self.repo)), p.read_bytes()]
-        tree = self.built / f"pykexec-{_hash(*parts)}"
-        if (tree / ".done").exists():
-            return tree
-        with self.lock():
-            if (tree / ".done").exists():
-                return tree
-            tmp = tree.with_name(tree.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        def fill(tmp: Path) -> None:
             with tempfile.TemporaryDirectory() as stage:
                 # Build from a clean copy so no build/ or egg-info lands in the repo.
                 st = Path(stage)
@@ -533,10 +534,7 @@ class Assets:
             script = (self.repo / "bin" / "pykexec").read_text()
             wrapper.write_text("#!/usr/bin/python3.11\n" + script.split("\n", 1)[1])
             wrapper.chmod(0o755)
-            (tmp / ".done").touch()
-            shutil.rmtree(tree, ignore_errors=True)
-            os.replace(tmp, tree)
-        return tree
+        return self._built_tree(self.built / f"pykexec-{_hash(*parts)}", fill)
 
     def pykexec_segment(self) -> Path:
         tree = self.pykexec_tree()
