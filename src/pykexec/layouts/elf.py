@@ -13,9 +13,10 @@ notes, on 64-bit targets too.
 from __future__ import annotations
 
 import ctypes
-import struct
 from collections import namedtuple
 from collections.abc import Iterator
+
+from pykexec.layouts.struct_format import struct_format
 
 # e_ident
 ELFMAG = b"\x7fELF"
@@ -44,6 +45,9 @@ EM_AARCH64 = 183
 PT_NULL = 0
 PT_LOAD = 1
 PT_NOTE = 4
+
+# sh_type
+SHT_SYMTAB = 2
 
 # p_flags
 PF_X = 1
@@ -103,6 +107,23 @@ class Elf64_Phdr(ctypes.LittleEndianStructure):
     ]
 
 
+class Elf64_Shdr(ctypes.LittleEndianStructure):
+    """ELF64 section header (64 bytes)."""
+
+    _fields_ = [
+        ("sh_name", ctypes.c_uint32),
+        ("sh_type", ctypes.c_uint32),
+        ("sh_flags", ctypes.c_uint64),
+        ("sh_addr", ctypes.c_uint64),
+        ("sh_offset", ctypes.c_uint64),
+        ("sh_size", ctypes.c_uint64),
+        ("sh_link", ctypes.c_uint32),
+        ("sh_info", ctypes.c_uint32),
+        ("sh_addralign", ctypes.c_uint64),
+        ("sh_entsize", ctypes.c_uint64),
+    ]
+
+
 class Elf64_Nhdr(ctypes.LittleEndianStructure):
     """ELF64 note header (12 bytes; the same three u32 as ELF32)."""
 
@@ -115,14 +136,15 @@ class Elf64_Nhdr(ctypes.LittleEndianStructure):
 
 assert ctypes.sizeof(Elf64_Ehdr) == 64
 assert ctypes.sizeof(Elf64_Phdr) == 56
+assert ctypes.sizeof(Elf64_Shdr) == 64
 assert ctypes.sizeof(Elf64_Nhdr) == 12
 
-#: struct formats equal to the ctypes layouts, for bulk unpacking without
-#: constructing ctypes objects (the reader's hot path).
-EHDR64_FMT = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR64_FMT = struct.Struct("<IIQQQQQQ")
-NHDR_FMT = struct.Struct("<III")
-assert EHDR64_FMT.size == 64 and PHDR64_FMT.size == 56 and NHDR_FMT.size == 12
+#: The same layouts as struct formats, for bulk unpacking without constructing
+#: ctypes objects (the reader's hot path).
+EHDR64_FMT = struct_format(Elf64_Ehdr)
+PHDR64_FMT = struct_format(Elf64_Phdr)
+SHDR64_FMT = struct_format(Elf64_Shdr)
+NHDR_FMT = struct_format(Elf64_Nhdr)
 
 NOTE_ALIGN = 4
 

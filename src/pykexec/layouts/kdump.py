@@ -26,7 +26,8 @@ Facts from makedumpfile's ``diskdump_mod.h`` (header version 6):
 from __future__ import annotations
 
 import ctypes
-import struct
+
+from pykexec.layouts.struct_format import struct_format
 
 KDUMP_SIGNATURE = b"KDUMP   "
 #: header_version: 6 adds start_pfn_64/end_pfn_64/max_mapnr_64 to the sub header.
@@ -130,9 +131,8 @@ assert ctypes.sizeof(DiskDumpHeader) == 464
 assert ctypes.sizeof(KdumpSubHeader) == 104
 assert ctypes.sizeof(PageDesc) == 24
 
-#: struct format equal to PageDesc, for packing/unpacking descriptors in bulk.
-PAGE_DESC_FMT = struct.Struct("<qIIQ")
-assert PAGE_DESC_FMT.size == ctypes.sizeof(PageDesc)
+#: PageDesc as a struct format, for packing/unpacking descriptors in bulk.
+PAGE_DESC_FMT = struct_format(PageDesc)
 
 COMPRESSION_FLAGS = {
     "zlib": DUMP_DH_COMPRESSED_ZLIB,

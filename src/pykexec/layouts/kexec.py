@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ctypes
 
+from pykexec.layouts.elf import EM_386, EM_X86_64
+
 # kexec_load flags
 KEXEC_ON_CRASH = 0x00000001
 KEXEC_PRESERVE_CONTEXT = 0x00000002
-KEXEC_ARCH_X86_64 = 62 << 16  # EM_X86_64 in the high 16 bits
-KEXEC_ARCH_386 = 3 << 16
+# The image's architecture: its ELF machine in the high 16 bits.
+KEXEC_ARCH_X86_64 = EM_X86_64 << 16
+KEXEC_ARCH_386 = EM_386 << 16
 
 # kexec_file_load flags
 KEXEC_FILE_UNLOAD = 0x00000001

@@ -57,7 +57,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import struct
 import sys
 import time
 import zlib
@@ -513,7 +512,7 @@ def _save_elf(core: ElfCore, dst: str, kept: list[tuple[int, int]], page: int, f
               progress: bool | None, result: SaveResult, *, exclude_zero: bool) -> None:
     """Write the kept pages of ``core`` to ``dst`` as a filtered ELF core (see the module
     docstring for the layout)."""
-    from pykexec.layouts.elf import PHDR64_FMT, PT_LOAD, PT_NOTE
+    from pykexec.layouts.elf import PHDR64_FMT, PT_LOAD, PT_NOTE, SHDR64_FMT
 
     loads = list(core.loads)
     # Kept pfn ranges of each source segment, and the most PT_LOADs they can need.
@@ -637,7 +636,7 @@ def _save_elf(core: ElfCore, dst: str, kept: list[tuple[int, int]], page: int, f
                   for p in pieces]
         table = b"".join(phdrs)
         if len(phdrs) >= 0xFFFF:  # section header 0: sh_info = the real count
-            table += struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, len(phdrs), 0, 0)
+            table += SHDR64_FMT.pack(0, 0, 0, 0, 0, 0, 0, len(phdrs), 0, 0)
         try:
             os.ftruncate(fd, max(end_of_data, data_start))  # trailing left-out pages: holes
             _pwrite_all(fd, table, 64)
