@@ -2,7 +2,7 @@
 
 A QEMU guest (1 GiB, ``crashkernel=256M``, Debian's 6.1 or 6.12 cloud kernel) loads a
 crash kernel with ``pykexec -p`` and panics through sysrq ``c``, as
-tests/vm/vmcore_fixture.py does to make its dumps.  The crash kernel (``maxcpus=1``, as
+tests/support/vmcore_fixture.py does to make its dumps.  The crash kernel (``maxcpus=1``, as
 kdump runs it, ~256 MiB of RAM, rootfs in RAM) has Python, pykexec and the host's
 makedumpfile with its libraries, and times, one after another (each ``--runs`` times,
 rounds interleaved):
@@ -40,9 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
-
-from testbed import Assets, _copy_shared_libs, build_initramfs, run_guest_script  # noqa: E402
+from support.testbed import Assets, _copy_shared_libs, build_initramfs, run_guest_script
 
 GUEST_MEMORY = "1G"  # run_guest_script's default too; the crash region is a quarter of it
 RESULT = "PYKEXEC-CKBENCH-RESULT"

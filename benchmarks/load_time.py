@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
-
-from testbed import Assets, run_guest_script  # noqa: E402
+from support.testbed import Assets, run_guest_script
 
 ARGS = "-l /boot/vmlinuz --initrd /boot/second.cpio.gz --append 'console=ttyS0 panic=-1 bench=1'"
 

@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
+from pykexec.vmcore.elfcore import ElfCore
+from pykexec.vmcore.printk import format_vmcore_dmesg, read_log
 
-from testbed import Assets  # noqa: E402
-from vmcore_fixture import real_vmcore  # noqa: E402
-
-from pykexec.vmcore.elfcore import ElfCore  # noqa: E402
-from pykexec.vmcore.printk import format_vmcore_dmesg, read_log  # noqa: E402
+from support.testbed import Assets
+from support.vmcore_fixture import real_vmcore
 
 
 def wall(cmd: list[str], runs: int) -> float:

@@ -28,12 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
+from pykexec.vmcore.kdump import KdumpFile
 
-from testbed import Assets  # noqa: E402
-from vmcore_fixture import real_vmcore  # noqa: E402
-
-from pykexec.vmcore.kdump import KdumpFile  # noqa: E402
+from support.testbed import Assets
+from support.vmcore_fixture import real_vmcore
 
 PYKEXEC = [sys.executable, "-m", "pykexec.vmcore.cli", "save"]
 

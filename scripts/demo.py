@@ -11,12 +11,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vm"))
-
-from testbed import Assets, build_initramfs, run_guest_script  # noqa: E402
+from support.testbed import Assets, build_initramfs, run_guest_script
 
 KEXEC_CMDLINE = "console=ttyS0 panic=-1 demo=pykexec-was-here"
 # What the crash kernel runs: read the dump pykexec's elfcorehdr describes.

@@ -15,4 +15,8 @@ PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (the guest runs 3.11)"'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-.venv/bin/python tests/vm/testbed.py fetch
+# The test support package (tests/support: synthetic builders, the QEMU test bed) for the
+# benchmarks, scripts/demo.py and the test bed's command line; pytest finds it through
+# pyproject.toml's pythonpath.
+echo "$PWD/tests" > "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/pykexec-test-support.pth"
+.venv/bin/python -m support.testbed fetch

@@ -13,4 +13,4 @@ else
     echo "testbed-setup.sh: not root, skipping .ci/install-deps.sh" >&2
 fi
 python=${PYTHON:-$repo/.venv/bin/python}
-exec "$python" "$repo/tests/vm/testbed.py" fetch "$@"
+PYTHONPATH="$repo/tests${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m support.testbed fetch "$@"

@@ -3,7 +3,7 @@ a 1 GiB address-space limit and a time limit: a non-zero exit, exactly one stder
 starting "pykexec: ", no traceback or "internal error", and the case's own message.
 
 Nothing touches the system: kexec command lines carry --machine and --dry-run (see
-generate.py), the rest are read-only ``vmcore`` commands."""
+support/corpus.py), the rest are read-only ``vmcore`` commands."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import build  # noqa: E402
+from support.corpus import build
 
 MEMORY_LIMIT = 1 << 30  # far above a parse's needs; far below what the bugs asked for
 TIME_LIMIT = 30

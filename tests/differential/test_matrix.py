@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ from pykexec import images
 from pykexec import machine as machine_mod
 from pykexec.plan import validate
 
-from .oracle import MachineSpec, MemoryRange, make_kcore, run_kexec_tools
-from .test_oracle import bzimage_payload, roles
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "vm"))
-from testbed import Assets  # noqa: E402
+from support.oracle import MachineSpec, MemoryRange, make_kcore, run_kexec_tools
+from support.oracle_segments import bzimage_payload, roles
+from support.testbed import Assets
 
 LOW = MemoryRange(0x0, 0x9FBFF, "System RAM")
 RESERVED_LOW = (MemoryRange(0x9FC00, 0x9FFFF, "Reserved"), MemoryRange(0xF0000, 0xFFFFF, "Reserved"))

@@ -8,203 +8,28 @@ oracle would make every differential test meaningless.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .oracle import (
-    REPO_ROOT,
+from support.oracle import (
     MachineSpec,
     MemoryRange,
     OracleError,
     OracleResult,
-    OracleSegment,
     build_shim,
-    make_kcore,
     run_kexec_tools,
 )
+from support.oracle_machines import APPEND, BASE_MEMORY, CRASH_REGION, crash_machine, one_gib_machine
+from support.oracle_segments import (SETUP_RNG_SEED, bzimage_payload, inside, purgatory_digest, ram_ranges, roles,
+                                     segment_table, u32, u64)
 
-CACHE = REPO_ROOT / ".cache" / "oracle"
 KEXEC_ARCH_X86_64 = 62 << 16
 KEXEC_ON_CRASH = 1
-SETUP_RNG_SEED = 9
-APPEND = "console=ttyS0 foo=bar"
-
-# The synthetic 1 GiB PC from the task description.
-LOW_RAM = MemoryRange(0x0, 0x9FBFF, "System RAM")
-HIGH_RAM = (0x100000, 0x3FFDFFFF)
-BASE_MEMORY = (
-    LOW_RAM,
-    MemoryRange(0x9FC00, 0x9FFFF, "Reserved"),
-    MemoryRange(0xF0000, 0xFFFFF, "Reserved"),
-    MemoryRange(*HIGH_RAM, "System RAM"),
-    MemoryRange(0x3FFE0000, 0x3FFFFFFF, "Reserved"),
-)
-CRASH_REGION = (0x30000000, 0x37FFFFFF)
-
-
-def one_gib_machine(**kwargs: object) -> MachineSpec:
-    return MachineSpec(memory=BASE_MEMORY, **kwargs)  # type: ignore[arg-type]
-
-
-def crash_machine() -> MachineSpec:
-    """The 1 GiB machine with 128 MiB reserved by crashkernel= and what -p reads."""
-    high = MemoryRange(*HIGH_RAM, "System RAM", children=(
-        MemoryRange(0x1000000, 0x1E01FFF, "Kernel code"),
-        MemoryRange(0x1E02000, 0x25FFFFF, "Kernel data"),
-        MemoryRange(*CRASH_REGION, "Crash kernel"),
-    ))
-    memory = tuple(high if r.start == HIGH_RAM[0] else r for r in BASE_MEMORY)
-    return MachineSpec(
-        memory=memory,
-        cmdline="BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=128M",
-        crash_notes=(0x3FC1D000, 0x3FC5D000),
-        vmcoreinfo=(0x2A00000, 0x1000),
-        kcore=make_kcore([(0x0, 0x9FBFF), HIGH_RAM]),
-        kallsyms="ffffffff81000000 T _stext\n",
-    )
-
-
-# --------------------------------------------------------------------------
-# Fixtures: real Debian kernel, synthetic initrd
-# --------------------------------------------------------------------------
-
-
-def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True,
-                              **kwargs)  # type: ignore[call-overload]
-    except FileNotFoundError:
-        pytest.fail(f"{cmd[0]} not found: the oracle tests need Debian's apt/dpkg tools")
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"{' '.join(cmd)} failed ({exc.returncode}):\n{exc.stderr}")
-
-
-@pytest.fixture(scope="session")
-def vmlinuz() -> Path:
-    """The bzImage of Debian's current cloud kernel, downloaded once."""
-    depends = _run(["apt-cache", "depends", "linux-image-cloud-amd64"]).stdout
-    match = re.search(r"Depends:\s*(linux-image-\S+-cloud-amd64)", depends)
-    if match is None:
-        pytest.fail(f"cannot resolve linux-image-cloud-amd64 from:\n{depends}")
-    package = match.group(1)
-    extracted = CACHE / package
-    kernels = sorted(extracted.glob("boot/vmlinuz-*"))
-    if kernels:
-        return kernels[0]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    debs = sorted(CACHE.glob(f"{package}_*.deb"))
-    if not debs:
-        _run(["apt-get", "download", package], cwd=CACHE)
-        debs = sorted(CACHE.glob(f"{package}_*.deb"))
-    if not debs:
-        pytest.fail(f"apt-get download {package} produced no .deb in {CACHE}")
-    _run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)])
-    kernels = sorted(extracted.glob("boot/vmlinuz-*"))
-    if not kernels:
-        pytest.fail(f"{debs[-1]} contains no boot/vmlinuz-*")
-    return kernels[0]
-
-
-def _newc_entry(name: str, data: bytes, mode: int, ino: int) -> bytes:
-    """One "newc" cpio member (the initramfs format), 4-byte aligned."""
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-    header = b"070701" + b"".join(b"%08x" % f for f in fields)
-    blob = header + name.encode() + b"\0"
-    blob += bytes(-len(blob) % 4) + data
-    return blob + bytes(-len(blob) % 4)
-
-
-@pytest.fixture(scope="session")
-def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small, deterministic, valid newc initramfs (~200 KiB, not page sized)."""
-    payload = b"".join(hashlib.sha256(b"initrd%d" % i).digest() for i in range(6000))
-    archive = (_newc_entry("init", b"#!/bin/sh\necho hello from pykexec\n", 0o100755, 1)
-               + _newc_entry("payload.bin", payload, 0o100644, 2)
-               + _newc_entry("TRAILER!!!", b"", 0, 0))
-    assert len(archive) % 4096  # exercise bufsz < memsz for the initrd
-    path = tmp_path_factory.mktemp("initrd") / "initrd.img"
-    path.write_bytes(archive)
-    return path
-
-
-# --------------------------------------------------------------------------
-# Helpers that recognise what kexec-tools loaded
-# --------------------------------------------------------------------------
-
-
-def bzimage_payload(image: bytes) -> bytes:
-    """The protected-mode part of a bzImage (what kexec loads as the kernel)."""
-    setup_sects = image[0x1F1] or 4
-    return image[(setup_sects + 1) * 512:]
-
-
-def u32(data: bytes, off: int) -> int:
-    return int(struct.unpack_from("<I", data, off)[0])
-
-
-def u64(data: bytes, off: int) -> int:
-    return int(struct.unpack_from("<Q", data, off)[0])
-
-
-def roles(result: OracleResult, kernel: bytes, initrd: bytes) -> dict[str, int]:
-    """Map role name -> segment index, recognising each segment by content."""
-    found: dict[str, int] = {}
-    for i, seg in enumerate(result.segments):
-        data = seg.data
-        if data == kernel:
-            found["kernel"] = i
-        elif data == initrd:
-            found["initrd"] = i
-        elif len(data) > 0x206 and data[0x202:0x206] == b"HdrS":
-            found["boot_params"] = i
-        elif seg.bufsz == 0x30 and u32(data, 8) == SETUP_RNG_SEED:
-            found["rng_seed"] = i
-        elif data[:4] == b"\x7fELF":
-            found["elfcorehdr"] = i
-        elif seg.contains(result.entry):
-            found["purgatory"] = i
-        elif data and not any(data):
-            found["backup"] = i
-        else:
-            found[f"unknown{i}"] = i
-    return found
-
-
-def ram_ranges(machine: MachineSpec) -> list[tuple[int, int]]:
-    return [(r.start, r.end) for r in machine.memory if r.type == "System RAM"]
-
-
-def inside(seg: OracleSegment, lo: int, hi_inclusive: int) -> bool:
-    return lo <= seg.mem and seg.end - 1 <= hi_inclusive
-
-
-def purgatory_digest(result: OracleResult, purgatory: int) -> tuple[bytes, bytes]:
-    """(sha256 digest, sha256_regions) as purgatory should hold them.
-
-    Every segment but the purgatory is hashed as its buffer zero-padded to
-    memsz, in the order kexec-tools keeps them (sorted by address).
-    """
-    digest = hashlib.sha256()
-    regions = b""
-    for i, seg in enumerate(sorted(result.segments, key=lambda s: s.mem)):
-        if seg is result.segments[purgatory]:
-            continue
-        digest.update(seg.data + bytes(seg.memsz - len(seg.data)))
-        regions += struct.pack("<QQ", seg.mem, seg.memsz)
-    return digest.digest(), regions
-
-
-def segment_table(result: OracleResult, names: dict[str, int]) -> str:
-    by_index = {i: n for n, i in names.items()}
-    return "\n".join(f"{i}: mem={s.mem:#x} memsz={s.memsz:#x} bufsz={s.bufsz:#x} "
-                     f"{by_index.get(i, '?')}" for i, s in enumerate(result.segments))
 
 
 # --------------------------------------------------------------------------

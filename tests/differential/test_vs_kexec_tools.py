@@ -14,16 +14,16 @@ from pykexec import images
 from pykexec import machine as machine_mod
 from pykexec.plan import Segment, validate
 
-from .oracle import OracleResult, run_kexec_tools
-from .test_oracle import (APPEND, CRASH_REGION, bzimage_payload, crash_machine, initrd,  # noqa: F401
-                          one_gib_machine, roles, vmlinuz)
+from support.oracle import OracleResult, run_kexec_tools
+from support.oracle_machines import APPEND, CRASH_REGION, crash_machine, one_gib_machine
+from support.oracle_segments import bzimage_payload, roles
 
 # Setup-header fields that hold addresses of things each tool placed itself.
 PLACED_FIELDS = {0x218: 4, 0x228: 4, 0x250: 8}  # ramdisk_image, cmd_line_ptr, setup_data
 
 
 @pytest.fixture(scope="module")
-def both(vmlinuz: Path, initrd: Path) -> tuple[OracleResult, dict[str, Segment], object]:  # noqa: F811
+def both(vmlinuz: Path, initrd: Path) -> tuple[OracleResult, dict[str, Segment], object]:
     spec = one_gib_machine()
     theirs = run_kexec_tools(["-c", "-l", str(vmlinuz), f"--initrd={initrd}", f"--append={APPEND}"], spec)
     assert theirs.load_attempted, theirs.stderr
@@ -37,7 +37,7 @@ def both(vmlinuz: Path, initrd: Path) -> tuple[OracleResult, dict[str, Segment],
     return theirs, ours, plan
 
 
-def test_same_kernel_segment(both, vmlinuz: Path) -> None:  # noqa: F811
+def test_same_kernel_segment(both, vmlinuz: Path) -> None:
     theirs, ours, _ = both
     names = roles(theirs, bzimage_payload(vmlinuz.read_bytes()), b"")
     tk = theirs.segments[names["kernel"]]
@@ -48,7 +48,7 @@ def test_same_kernel_segment(both, vmlinuz: Path) -> None:  # noqa: F811
     assert (ok.mem, ok.memsz) == (tk.mem, tk.memsz)
 
 
-def test_same_initrd_bytes_different_address(both, initrd: Path) -> None:  # noqa: F811
+def test_same_initrd_bytes_different_address(both, initrd: Path) -> None:
     theirs, ours, _ = both
     data = initrd.read_bytes()
     (ti,) = [s for s in theirs.segments if s.data == data]
@@ -59,7 +59,7 @@ def test_same_initrd_bytes_different_address(both, initrd: Path) -> None:  # noq
     assert oi.mem + oi.memsz > ti.mem + ti.memsz
 
 
-def test_boot_params_agree_except_placed_fields_and_e820(both, vmlinuz: Path) -> None:  # noqa: F811
+def test_boot_params_agree_except_placed_fields_and_e820(both, vmlinuz: Path) -> None:
     theirs, ours, _ = both
     names = roles(theirs, bzimage_payload(vmlinuz.read_bytes()), b"")
     tb = theirs.segments[names["boot_params"]].data
@@ -135,7 +135,7 @@ def _e820(page: bytes) -> list[tuple[int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def both_crash(vmlinuz: Path, initrd: Path):  # noqa: F811
+def both_crash(vmlinuz: Path, initrd: Path):
     spec = crash_machine()
     theirs = run_kexec_tools(["-c", "-p", str(vmlinuz), f"--initrd={initrd}", f"--append={APPEND}"], spec)
     assert theirs.load_attempted, theirs.stderr

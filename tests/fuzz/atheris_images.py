@@ -17,8 +17,6 @@ from pathlib import Path
 
 import atheris
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-
 with atheris.instrument_imports():
     from pykexec import images, machine
     from pykexec.errors import KexecError
@@ -29,8 +27,8 @@ with atheris.instrument_imports():
     import pykexec.images.multiboot_common  # noqa: F401
     import elftools.elf.elffile  # noqa: F401
 
-from multiboot_synth import mb2_elf, xen_like  # noqa: E402
-from synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux  # noqa: E402
+from support.multiboot_synth import mb2_elf, xen_like
+from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
 MACHINE = machine.from_dict(MACHINE_1G, source="atheris")
 

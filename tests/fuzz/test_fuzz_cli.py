@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzlib import fuzz_settings, memory_bound, mutated, time_bound
-from multiboot_synth import xen_like
-from synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
+from support.fuzzlib import fuzz_settings, memory_bound, mutated, time_bound
+from support.multiboot_synth import xen_like
+from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 from test_fuzz_images import ANY_IMAGE
 from test_fuzz_machine import machine_dicts
 

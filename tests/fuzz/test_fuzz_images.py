@@ -11,10 +11,10 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-import fuzzlib
-from fuzzlib import fuzz_settings, mutated, outcome, raw_or_mutated
-from multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, mb2_header, xen_like
-from synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
+from support import fuzzlib
+from support.fuzzlib import fuzz_settings, mutated, outcome, raw_or_mutated
+from support.multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, mb2_header, xen_like
+from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
 from pykexec import images, machine
 from pykexec.errors import KexecError

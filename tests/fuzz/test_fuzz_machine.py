@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzlib import INTERESTING, fuzz_settings, mutated, outcome
-from synth_images import MACHINE_1G
+from support.fuzzlib import INTERESTING, fuzz_settings, mutated, outcome
+from support.synth_images import MACHINE_1G
 
 from pykexec import crash, machine
 from pykexec.memory import MemType

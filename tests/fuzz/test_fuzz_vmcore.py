@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzlib import INTERESTING, fuzz_settings, mutated, outcome
-from vmcore_synth import Memory, base_vmcoreinfo, legacy_log, lockless_log, make_msgs, structured_log, write_core
+from support.fuzzlib import INTERESTING, fuzz_settings, mutated, outcome
+from support.vmcore_synth import Memory, base_vmcoreinfo, legacy_log, lockless_log, make_msgs, structured_log, write_core
 
 from pykexec.errors import KexecError
 from pykexec.vmcore import info as info_mod

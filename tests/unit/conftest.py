@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synth_images import MACHINE_1G, make_bzimage
+from support.synth_images import MACHINE_1G, make_bzimage
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pykexec.images.bzimage import header_from_image
 from pykexec.linux_boot import build_boot_params
 from pykexec.memory import Range
 
-from synth_images import MACHINE_1G, make_bzimage
+from support.synth_images import MACHINE_1G, make_bzimage
 
 # (field, offset) pairs from Documentation/arch/x86/zero-page.rst and boot.rst
 ZERO_PAGE_OFFSETS = [

@@ -8,7 +8,7 @@ import pytest
 
 from pykexec import cli
 
-from synth_images import make_bzimage, make_elf_vmlinux
+from support.synth_images import make_bzimage, make_elf_vmlinux
 
 
 def run(capsys, *argv):
@@ -146,7 +146,7 @@ def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tm
     from pykexec import machine as machine_mod
     from pykexec.backends import linux
 
-    from synth_images import MACHINE_1G
+    from support.synth_images import MACHINE_1G
 
     rec = _Recorder(file_errno)
     monkeypatch.setattr(linux, "kexec_file_load", rec.kexec_file_load)

@@ -12,7 +12,7 @@ from pykexec.errors import PlacementError
 from pykexec.images import LoadRequest, bzimage
 from pykexec.memory import MemType, Range
 
-from synth_images import MACHINE_1G, make_bzimage
+from support.synth_images import MACHINE_1G, make_bzimage
 
 CRASH = Range(0x2C000000, 0x3C000000)
 SOURCES = crash.DumpSources(cpu_notes=(Range.sized(0x3FC1D000, 0x400), Range.sized(0x3FC5D000, 0x400)),

@@ -8,7 +8,7 @@ from pathlib import Path
 from pykexec import doctor
 from pykexec.doctor import FAIL, OK, WARN
 
-from synth_images import make_bzimage
+from support.synth_images import make_bzimage
 
 
 def tree(root: Path, files: dict[str, str | bytes]) -> doctor.System:

@@ -14,7 +14,7 @@ from pykexec.layouts import boot_params as bp
 from pykexec.plan import LoadPlan, Segment, validate
 from pykexec.purgatory import Purgatory
 
-from synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
+from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
 MACHINE = machine_mod.from_dict(MACHINE_1G)
 

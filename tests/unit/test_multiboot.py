@@ -15,8 +15,8 @@ from pykexec.images import LoadRequest, Module, multiboot
 from pykexec.layouts import multiboot as mb1
 from pykexec.plan import validate
 
-from synth_images import MACHINE_1G
-from multiboot_synth import elf32, image_body, mb1_header, xen_like
+from support.synth_images import MACHINE_1G
+from support.multiboot_synth import elf32, image_body, mb1_header, xen_like
 
 MACHINE = machine_mod.from_dict(MACHINE_1G)
 

@@ -7,7 +7,6 @@ import ctypes
 import gzip
 import json
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ from pykexec.images import LoadRequest, Module, multiboot2, multiboot_common
 from pykexec.layouts import multiboot2 as mb2
 from pykexec.plan import validate
 
-from synth_images import MACHINE_1G, make_elf_vmlinux
-from multiboot_synth import XEN_LINK, elf32, htag, image_body, mb2_elf, mb2_header, rsdp_v2, xen_like
+from support.synth_images import MACHINE_1G, make_elf_vmlinux
+from support.multiboot_synth import XEN_LINK, elf32, htag, image_body, mb2_elf, mb2_header, rsdp_v2, xen_like
 
 MACHINE = machine_mod.from_dict(MACHINE_1G)
 # A small BIOS machine for exact bytes: 639 KiB low, 127 MiB from 1 MiB, ACPI and NVS.

@@ -6,7 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from vmcore_synth import BUF_PADDR, DIRECT_MAP, KERNEL_PADDR, KERNEL_VADDR, Memory, Region, write_core
+from support.vmcore_synth import BUF_PADDR, DIRECT_MAP, KERNEL_PADDR, KERNEL_VADDR, Memory, Region, write_core
 
 from pykexec.layouts.elf import pack_note
 from pykexec.vmcore import VmcoreError

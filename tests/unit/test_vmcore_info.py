@@ -7,7 +7,7 @@ from pathlib import Path
 from pykexec.layouts import elf as E
 from pykexec.vmcore import cli
 
-from vmcore_synth import Memory, base_vmcoreinfo, write_core
+from support.vmcore_synth import Memory, base_vmcoreinfo, write_core
 
 
 def test_prstatus_layout():

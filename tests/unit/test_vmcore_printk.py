@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vmcore_synth import (
+from support.vmcore_synth import (
     DESC_RESERVED,
     Memory,
     Msg,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from test_vmcore_save_synth import NPAGES, PAGE, _free_pfns, machine, physical_memory
-from vmcore_synth import Memory, base_vmcoreinfo, lockless_log, make_msgs, write_core
+from support.vmcore_synth import Memory, base_vmcoreinfo, lockless_log, make_msgs, write_core
 
 from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_LOAD
 from pykexec.vmcore import save as S

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from vmcore_synth import Memory, Region, write_core
+from support.vmcore_synth import Memory, Region, write_core
 
 from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L

@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from vmcore_synth import (
+from support.vmcore_synth import (
     BUF_PADDR,
     DIRECT_MAP,
     KERNEL_PADDR,

@@ -1,24 +1,21 @@
 """CRASH_EFI plans on synthetic images and described Xen machines, against the model of
-the series' Xen in tests/xenmodel; every broken header or placement is refused by our
+the series' Xen in tests/support/xenmodel; every broken header or placement is refused by our
 planner with the rule named, and by the model."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pykexec import cli, xen_crash_efi
+from pykexec import machine as machine_mod
+from pykexec.errors import ImageFormatError, PlanError
+from pykexec.images import LoadRequest
+from pykexec.plan import Segment
 
-from synth_images import make_bzimage  # noqa: E402
-from pykexec import cli, xen_crash_efi  # noqa: E402
-from pykexec import machine as machine_mod  # noqa: E402
-from pykexec.errors import ImageFormatError, PlanError  # noqa: E402
-from pykexec.images import LoadRequest  # noqa: E402
-from pykexec.plan import Segment  # noqa: E402
-from xenmodel.crash_efi import Rejected, XenSegment, accept  # noqa: E402
+from support.synth_images import make_bzimage
+from support.xenmodel.crash_efi import Rejected, XenSegment, accept
 
 XEN_MACHINE = {
     "memory": [{"start": "0x0", "end": "0x9fbff", "type": "System RAM"},

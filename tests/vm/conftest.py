@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from testbed import Assets, TestbedError  # noqa: E402
+from support.testbed import Assets, TestbedError
 
 
 def _unavailable(reason: str) -> None:
@@ -71,7 +68,7 @@ def vm_log_dir(request: pytest.FixtureRequest, assets: Assets) -> Path:
 @pytest.fixture(scope="module", params=["6.1", "6.12"])
 def vmcore(request: pytest.FixtureRequest, assets: Assets) -> tuple[str, Path]:
     """(kernel flavour, path) of a real crash dump of that guest, made once and cached."""
-    from vmcore_fixture import real_vmcore
+    from support.vmcore_fixture import real_vmcore
 
     try:
         return request.param, real_vmcore(assets, request.param)

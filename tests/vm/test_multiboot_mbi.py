@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import Assets, GuestRun, run_guest_script
+from support.testbed import Assets, GuestRun, run_guest_script
 
 MBTEST_DIR = Path(__file__).resolve().parent / "mbtest"
 LINK_ADDR = 0x1000000

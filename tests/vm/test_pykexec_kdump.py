@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import Assets, build_initramfs, run_guest_script
+from support.testbed import Assets, build_initramfs, run_guest_script
 
 CRASH_APPEND = "console=ttyS0 panic=-1 reset_devices"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import Assets, GuestRun, run_guest_script
+from support.testbed import Assets, GuestRun, run_guest_script
 
 
 def _load_and_exec(assets: Assets, vm_log_dir: Path, load: str, *, boot: str = "6.1",

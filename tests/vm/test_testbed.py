@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from testbed import (
+from support.testbed import (
     INIT_MARKER,
     SECOND_KERNEL_MARKER,
     Assets,

@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from testbed import Assets, TestbedError
-from vmcore_fixture import (
+from support.testbed import Assets, TestbedError
+from support.vmcore_fixture import (
     DOM0_DMESG_PREFIX,
     DOM0_KMSG_MARKER,
     XENSYM_PREFIX,
@@ -47,7 +47,7 @@ VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
 
 @pytest.fixture(scope="module")
 def xen_dump(pykexec_assets: Assets) -> tuple[Path, str]:
-    import xen
+    from support import xen
 
     xen.dom0_modules(pykexec_assets)
     try:

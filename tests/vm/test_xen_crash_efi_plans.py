@@ -1,21 +1,18 @@
 """CRASH_EFI plans for the real Debian 6.1 and 6.12 kernels on a described Xen machine,
-checked by the model of the series' Xen (tests/xenmodel). No VM is booted; the kernels
+checked by the model of the series' Xen (tests/support/xenmodel). No VM is booted; the kernels
 come from the test bed."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pykexec import cli
 
-from testbed import Assets  # noqa: E402
-from xenmodel.crash_efi import XenSegment, accept  # noqa: E402
-
-from pykexec import cli  # noqa: E402
+from support.testbed import Assets
+from support.xenmodel.crash_efi import XenSegment, accept
 
 XEN_MACHINE = {
     "memory": [{"start": "0x0", "end": "0x9fbff", "type": "System RAM"},

@@ -14,9 +14,9 @@ import re
 import tempfile
 from pathlib import Path
 
-import xen
+from support import xen
 from pykexec.layouts import xen as L
-from testbed import SCRIPT_EXIT_MARKER, Assets, GuestRun, run_qemu
+from support.testbed import SCRIPT_EXIT_MARKER, Assets, GuestRun, run_qemu
 
 XEN_ARGS = "console=com1 dom0_mem=768M crashkernel=256M@1G loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import xen
-from testbed import Assets, GuestRun, build_initramfs, run_qemu
+from support import xen
+from support.testbed import Assets, GuestRun, build_initramfs, run_qemu
 
 XEN_ARGS = "console=com1 dom0_mem=768M crashkernel=256M@1G loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import xen
-from testbed import Assets, GuestRun, run_guest_script
+from support import xen
+from support.testbed import Assets, GuestRun, run_guest_script
 
 XEN_ARGS = "console=com1 dom0_mem=768M loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"

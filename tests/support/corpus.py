@@ -1,9 +1,9 @@
 """The corpus of broken inputs, generated deterministically from the unit tests'
 synthetic builders (no binary blobs in the repository).
 
-``python tests/corpus/generate.py OUTDIR`` writes every case's files to OUTDIR and prints
+``python -m support.corpus OUTDIR`` writes every case's files to OUTDIR and prints
 one line per case: its name and the pykexec command line that exercises it. The test
-(test_corpus.py) runs each through the real CLI and checks the one-line message.
+(tests/corpus/test_corpus.py) runs each through the real CLI and checks the one-line message.
 
 Each case is (name, argv, expected): argv uses ``{dir}`` for OUTDIR; ``expected`` is a
 substring the one-line error must contain, so that a case cannot pass by failing for
@@ -21,16 +21,13 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "unit"))
+from pykexec.layouts import boot_params as bp
+from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_NOTE, pack_note
 
-from multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, htag, xen_like  # noqa: E402
-from synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux  # noqa: E402
-from vmcore_synth import (DIRECT_MAP, Memory, Region, base_vmcoreinfo, lockless_log, make_msgs,  # noqa: E402
-                          structured_log, write_core)
-
-from pykexec.layouts import boot_params as bp  # noqa: E402
-from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_NOTE, pack_note  # noqa: E402
+from support.multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, htag, xen_like
+from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
+from support.vmcore_synth import (DIRECT_MAP, Memory, Region, base_vmcoreinfo, lockless_log, make_msgs,
+                                  structured_log, write_core)
 
 Case = tuple[str, list[str], str]
 CRASH_1G = {**MACHINE_1G, "crash_kernel": {"start": "0x20000000", "end": "0x2fffffff"}}

@@ -17,8 +17,8 @@ lock so that several pytest processes can share it.
 
 Command line (for humans)::
 
-    python tests/vm/testbed.py fetch [--generic]
-    python tests/vm/testbed.py run 'kexec -v; python3 -c "print(1)"'
+    python -m support.testbed fetch [--generic]
+    python -m support.testbed run 'kexec -v; python3 -c "print(1)"'
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ At most :data:`MAX_CACHED` dumps are kept (oldest deleted first).
 
 Command line (for humans)::
 
-    python tests/vm/vmcore_fixture.py [--kernel 6.1] [--smp 1]
+    python -m support.vmcore_fixture [--kernel 6.1] [--smp 1]
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ import argparse
 import lzma
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from testbed import (  # noqa: E402
+from support.testbed import (
     Assets,
     TestbedError,
     _flock,
@@ -208,9 +205,8 @@ def xen_vmcore_log(dump: Path) -> str:
 
 
 def _make_xen(assets: Assets, smp: int, out: Path, timeout: float) -> None:
-    import xen  # tests/vm/xen.py
-
-    from testbed import run_qemu
+    from support import xen
+    from support.testbed import run_qemu
 
     xen.dom0_modules(assets)
     work = Path(tempfile.mkdtemp(prefix="mkxen-", dir=out.parent))
