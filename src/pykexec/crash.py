@@ -20,10 +20,10 @@ import struct
 from collections import namedtuple
 
 from pykexec.layouts import elf as E
+from pykexec.layouts.x86_paging import START_KERNEL_MAP
 from pykexec.memory import MiB, MemoryMap, MemType, Range, Region, subtract
 
 DEFAULT_PAGE_OFFSET = 0xFFFF888000000000  # x86_64 direct map without KASLR
-KERNEL_MAP_START = 0xFFFFFFFF80000000  # __START_KERNEL_map
 BACKUP_END = 0xA0000  # 640 KiB: the conventional memory a pre-5.6 kernel may have used
 BACKUP_SINCE = (5, 6)
 NO_PADDR = (1 << 64) - 1  # /proc/kcore's p_paddr for mappings without one
@@ -139,7 +139,7 @@ def read_kcore_layout(path: str | os.PathLike[str]) -> tuple[KernelImage | None,
         p_type, _, _, vaddr, paddr, _, memsz, _ = E.PHDR64_FMT.unpack_from(table, i * E.PHDR64_FMT.size)
         if p_type != E.PT_LOAD or paddr == NO_PADDR:  # vmalloc, modules: no physical address
             continue
-        if vaddr >= KERNEL_MAP_START:
+        if vaddr >= START_KERNEL_MAP:
             image = image or KernelImage(vaddr, paddr, memsz)
         elif page_offset is None:
             page_offset = vaddr - paddr

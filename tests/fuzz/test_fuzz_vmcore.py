@@ -217,7 +217,7 @@ def test_filtering(workdir: Path, data: st.DataObject) -> None:
     from test_vmcore_save_synth import machine
 
     from pykexec.vmcore.filtering import excluded_pages
-    from pykexec.vmcore.kdump import PageTables
+    from pykexec.vmcore.paging import PageTables
 
     layout = data.draw(st.sampled_from(("6.1", "6.12")))
     lines = data.draw(vmcoreinfo_lines(info_lines(layout)))

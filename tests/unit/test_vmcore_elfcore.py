@@ -9,7 +9,7 @@ import pytest
 from support.vmcore_synth import BUF_PADDR, DIRECT_MAP, KERNEL_PADDR, KERNEL_VADDR, Memory, Region, write_core
 
 from pykexec.layouts.elf import pack_note
-from pykexec.vmcore import VmcoreError
+from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.elfcore import ElfCore
 
 

@@ -30,7 +30,7 @@ from test_vmcore_save_synth import (
 
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, merge
-from pykexec.vmcore.kdump import PageTables
+from pykexec.vmcore.paging import PageTables
 
 SIZE_PAGE = 64
 

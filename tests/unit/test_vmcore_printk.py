@@ -30,7 +30,6 @@ from support.vmcore_synth import (
     write_core,
 )
 
-from pykexec.vmcore import VmcoreError
 from pykexec.vmcore.cli import main
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.printk import LEGACY, LOCKLESS, STRUCTURED, format_log, read_log

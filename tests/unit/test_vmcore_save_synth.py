@@ -25,7 +25,7 @@ from support.vmcore_synth import Memory, Region, write_core
 
 from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
-from pykexec.vmcore import VmcoreError
+from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.kdump import KdumpFile
 from pykexec.vmcore.filtering import excluded_pages, merge, set_bits, subtract
 from pykexec.vmcore.save import save
@@ -236,7 +236,7 @@ def test_without_free_page_keys_zero_pages_only(tmp_path: Path) -> None:
 
 def test_free_pages_direct(tmp_path: Path) -> None:
     from pykexec.vmcore.elfcore import ElfCore
-    from pykexec.vmcore.kdump import PageTables
+    from pykexec.vmcore.paging import PageTables
 
     src, _ = machine(tmp_path)
     with ElfCore(src) as core:

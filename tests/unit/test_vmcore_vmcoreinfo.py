@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykexec.vmcore import VmcoreError
+from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 RAW = (b"OSRELEASE=6.1.0-56-cloud-amd64\nPAGESIZE=4096\nSYMBOL(prb)=ffffffff912622c0\n"

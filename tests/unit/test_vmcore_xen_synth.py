@@ -34,17 +34,28 @@ from support.vmcore_synth import (
     write_core,
 )
 
-from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_LOAD, PT_NOTE, pack_note
-from pykexec.vmcore import VmcoreError
+from pykexec import xen_symbols
+from pykexec.layouts.elf import (
+    EHDR64_FMT,
+    NT_PYKEXEC_XEN_SYMBOLS,
+    PHDR64_FMT,
+    PT_LOAD,
+    PT_NOTE,
+    PYKEXEC_NOTE_NAME,
+    pack_note,
+)
+from pykexec.layouts.x86_paging import START_KERNEL_MAP
+from pykexec.layouts.xen import XEN_ELFNOTE_CRASH_INFO, XEN_VIRT_START
 from pykexec.vmcore import cli
 from pykexec.vmcore import xen as X
 from pykexec.vmcore.elfcore import ElfCore
+from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.printk import format_log, read_log
 
 PAGE = 4096
 MACHINE_FRAMES = 1024                  # 4 MiB of machine memory
 XEN_PHYS_START = 0x200000              # machine address of Xen's image mapping base
-IMG = X.XEN_VIRT_START                 # image VA -> machine XEN_PHYS_START
+IMG = XEN_VIRT_START                   # image VA -> machine XEN_PHYS_START
 CONRING_VA, CONRING_SIZE_VA, CONRINGP_VA, CONRINGC_VA = IMG + 0x100, IMG + 0x108, IMG + 0x200, IMG + 0x204
 DOMAIN_LIST_VA = IMG + 0x300
 RING_MFN = 0x300                       # the Xen-heap console ring (direct map)
@@ -137,7 +148,7 @@ VMCOREINFO_XEN = f"PAGESIZE=4096\nSYMBOL(domain_list)={DOMAIN_LIST_VA:x}\n".enco
 
 def xen_notes(*, p2m_root: int = 0, vmcoreinfo_xen: bytes = VMCOREINFO_XEN, extra: bytes = b"") -> bytes:
     return (pack_note(b"CORE", 1, bytes(336)) + pack_note(b"Xen", 0x1000002, bytes(32))
-            + pack_note(b"Xen", X.XEN_ELFNOTE_CRASH_INFO, crash_info(p2m_root))
+            + pack_note(b"Xen", XEN_ELFNOTE_CRASH_INFO, crash_info(p2m_root))
             + pack_note(b"VMCOREINFO_XEN", 0, vmcoreinfo_xen) + extra)
 
 
@@ -188,10 +199,11 @@ def test_console_ring_from_load_time_note_and_cli(tmp_path: Path, capfdbinary: p
     xensyms = "".join(f"{v:016x} d drivers/char/console.c#{k}\n" for k, v in RING_SYMBOLS.items())
     path = tmp_path / "xensyms"
     path.write_text("ffff82d040200000 T _stext\n" + xensyms)
-    desc = X.xensyms_note_desc(str(path))
-    assert desc is not None and X.parse_symbol_lines(desc) == {k: v for k, v in RING_SYMBOLS.items()
-                                                                if k in X.CONRING_SYMBOLS}
-    note = pack_note(X.PYKEXEC_NOTE_NAME, X.NT_PYKEXEC_XEN_SYMBOLS, desc)
+    desc = xen_symbols.xensyms_note_desc(str(path))
+    assert desc is not None
+    assert xen_symbols.parse_symbol_lines(desc) == {k: v for k, v in RING_SYMBOLS.items()
+                                                    if k in xen_symbols.CONRING_SYMBOLS}
+    note = pack_note(PYKEXEC_NOTE_NAME, NT_PYKEXEC_XEN_SYMBOLS, desc)
     core = write_machine_core(tmp_path / "vmcore", m, xen_notes(extra=note))
     assert cli.main(["dmesg", "--xen", str(core)]) == 0
     assert capfdbinary.readouterr().out == text
@@ -223,7 +235,7 @@ def test_console_ring_errors(tmp_path: Path, capfdbinary: pytest.CaptureFixture[
 
 def test_no_xen_phys_start(tmp_path: Path) -> None:
     m = Machine()
-    notes = pack_note(b"Xen", X.XEN_ELFNOTE_CRASH_INFO, crash_info(0, xen_phys_start=0))
+    notes = pack_note(b"Xen", XEN_ELFNOTE_CRASH_INFO, crash_info(0, xen_phys_start=0))
     core = write_machine_core(tmp_path / "vmcore", m, notes)
     with ElfCore(core) as c, pytest.raises(VmcoreError, match="no xen_phys_start"):
         X.xen_console_ring(c, symbols={k: v for k, v in RING_SYMBOLS.items()})
@@ -263,7 +275,7 @@ def dom0_machine(tmp_path: Path, *, with_vmcoreinfo: bool = True, p2m_root: int 
             m.u64(slot, leaf)
         m.u64(leaf * PAGE + (pfn & 511) * 8, mfn | (1 << 62 if pfn & 1 else 0))  # flags are masked
     # dom0's page tables: machine frames in every entry.
-    root = p2m[(pgd_va - X.START_KERNEL_MAP) // PAGE]
+    root = p2m[(pgd_va - START_KERNEL_MAP) // PAGE]
     for region in dom0.regions:
         for off in range(0, len(region.data), PAGE):
             m.map4k(root, region.vaddr + off, p2m[(region.paddr + off) // PAGE])
@@ -325,5 +337,5 @@ def test_dom0_log_with_broken_p2m(tmp_path: Path, capfdbinary: pytest.CaptureFix
 def test_parse_xensyms_prefers_first_and_strips_file() -> None:
     lines = [b"ffff82d040000010 t conring\n", b"ffff82d040000020 d x.c#conring\n", b"garbage\n",
              b"zz d conring_size\n", b"ffff82d040000030 b console.c#conringp\n"]
-    assert X.parse_xensyms(lines) == {"conring": 0xFFFF82D040000010, "conringp": 0xFFFF82D040000030}
-    assert X.xensyms_note_desc("/nonexistent/xensyms") is None
+    assert xen_symbols.parse_xensyms(lines) == {"conring": 0xFFFF82D040000010, "conringp": 0xFFFF82D040000030}
+    assert xen_symbols.xensyms_note_desc("/nonexistent/xensyms") is None

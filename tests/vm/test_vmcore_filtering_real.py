@@ -29,7 +29,8 @@ import pytest
 
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, merge
-from pykexec.vmcore.kdump import KdumpFile, PageTables
+from pykexec.vmcore.kdump import KdumpFile
+from pykexec.vmcore.paging import PageTables
 from pykexec.vmcore.save import ram_runs
 
 PAGE = 4096

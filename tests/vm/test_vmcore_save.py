@@ -23,7 +23,8 @@ import pytest
 
 from pykexec.layouts import kdump as L
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.kdump import KdumpFile, PageTables
+from pykexec.vmcore.kdump import KdumpFile
+from pykexec.vmcore.paging import PageTables
 from pykexec.vmcore.save import save
 
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"

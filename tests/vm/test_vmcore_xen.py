@@ -37,6 +37,7 @@ from support.vmcore_fixture import (
 
 from pykexec.layouts.elf import PHDR64_FMT, PT_LOAD
 from pykexec.vmcore import cli
+from pykexec.xen_symbols import CONRING_SYMBOLS, parse_xensyms
 from pykexec.vmcore import xen as X
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.save import save
@@ -101,9 +102,9 @@ def test_xen_console_ring_with_xen_syms(xen_dump: tuple[Path, str], xen_syms: Pa
 def test_xen_console_ring_with_load_time_symbols(xen_dump: tuple[Path, str], xen_syms: Path) -> None:
     path, log = xen_dump
     lines = [line.split(XENSYM_PREFIX, 1)[1].encode() for line in log.splitlines() if XENSYM_PREFIX in line]
-    at_load = X.parse_xensyms(lines)
-    assert set(at_load) == set(X.CONRING_SYMBOLS)
-    assert at_load == X.read_elf_symbols(str(xen_syms), X.CONRING_SYMBOLS)
+    at_load = parse_xensyms(lines)
+    assert set(at_load) == set(CONRING_SYMBOLS)
+    assert at_load == X.read_elf_symbols(str(xen_syms), CONRING_SYMBOLS)
     with ElfCore(path) as core:
         assert X.xen_console_ring(core, symbols=at_load) == X.xen_console_ring(core, str(xen_syms))
 

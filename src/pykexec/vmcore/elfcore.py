@@ -39,7 +39,7 @@ from pykexec.layouts.elf import (
     NoteFormatError,
     iter_notes,
 )
-from pykexec.vmcore import VmcoreError, open_error
+from pykexec.vmcore.errors import VmcoreError, open_error
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 #: Largest read that has to be copied together (straddling segments or zero fill).
@@ -72,11 +72,14 @@ class Load(namedtuple("Load", "offset vaddr paddr filesz memsz avail")):
 
 
 class ElfCore:
-    """An open ELF core.  Use as a context manager, or call :meth:`close`.
+    """An open ELF core, as :class:`~pykexec.vmcore.dump_memory.DumpMemory`.  Use as a
+    context manager, or call :meth:`close`.
 
     Raises :class:`VmcoreError` (one line, naming the file) for anything that
     is not a readable ELF64 little-endian core.
     """
+
+    format = "elf64"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -173,6 +176,11 @@ class ElfCore:
                 if info.has_number(key):
                     self._phys_offset = info.number(key) & _MASK64
                     break
+
+    @property
+    def memory_bytes(self) -> int:
+        """The memory the PT_LOADs describe."""
+        return sum(seg.memsz for seg in self.loads)
 
     def require_vmcoreinfo(self) -> VmcoreInfo:
         if self.vmcoreinfo is None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import ctypes
 
 from pykexec.layouts import elf as E
-from pykexec.vmcore.elfcore import ElfCore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pykexec.vmcore.dump_memory import DumpMemory
 
 EM_NAMES = {E.EM_X86_64: "x86_64", E.EM_386: "i386", E.EM_AARCH64: "aarch64"}
 
 
-def cpu_states(core: ElfCore) -> list[dict[str, object]]:
+def cpu_states(core: DumpMemory) -> list[dict[str, object]]:
     """One entry per "CORE" NT_PRSTATUS note, in note order (= CPU order)."""
     cpus: list[dict[str, object]] = []
     size = ctypes.sizeof(E.Elf64_Prstatus_x86_64)
@@ -30,7 +33,7 @@ def cpu_states(core: ElfCore) -> list[dict[str, object]]:
     return cpus
 
 
-def xen_info(core: ElfCore) -> dict[str, object] | None:
+def xen_info(core: DumpMemory) -> dict[str, object] | None:
     """The hypervisor's crash information, for dumps of a Xen machine: Xen's crash-info
     note (version, xen_phys_start, dom0's p2m root), pykexec's own xen_phys_start note
     (for Xens whose crash info lacks it), and VMCOREINFO_XEN."""
@@ -63,14 +66,14 @@ def xen_info(core: ElfCore) -> dict[str, object] | None:
     return out or None
 
 
-def describe(core: ElfCore) -> dict[str, object]:
+def describe(core: DumpMemory) -> dict[str, object]:
     """The whole description, as ``--json`` prints it."""
     info: dict[str, object] = {
         "file": core.path,
-        "format": getattr(core, "format", "elf64"),
+        "format": core.format,
         "machine": EM_NAMES.get(core.machine, str(core.machine)),
         "loads": len(core.loads),
-        "memory_bytes": getattr(core, "memory_bytes", None) or sum(ld.memsz for ld in core.loads),
+        "memory_bytes": core.memory_bytes,
         "notes": [{"name": n.name.decode("ascii", "replace"), "type": f"{n.type:#x}", "size": len(n.desc)}
                   for n in core.notes],
         "cpus": cpu_states(core),

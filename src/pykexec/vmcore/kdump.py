@@ -1,13 +1,10 @@
-"""kdump-compressed dumps (makedumpfile's format) and x86_64 kernel page tables.
+"""kdump-compressed dumps (makedumpfile's format).
 
-* :class:`PageTables` -- kernel virtual -> physical through the crashed
-  kernel's own page tables (``SYMBOL(init_top_pgt)``, 4- or 5-level), given
-  only a physical reader and VMCOREINFO.  The saver uses it to reach
-  ``struct page`` arrays (vmemmap is not in any PT_LOAD); the reader uses it
-  for every virtual read.
 * :class:`KdumpFile` -- a read-only kdump-compressed file: header, notes,
   VMCOREINFO, bitmaps, pages (zlib, zstd and raw; lzo/snappy only if the
   ``lzo`` / ``snappy`` modules happen to be importable).
+* :class:`KdumpCore` -- the same file as :class:`~pykexec.vmcore.dump_memory.DumpMemory`:
+  virtual reads go through the dump's own page tables (:mod:`pykexec.vmcore.paging`).
 
 Layouts are in :mod:`pykexec.layouts.kdump`.
 """
@@ -19,83 +16,19 @@ import struct
 import zlib
 
 from pykexec.layouts import kdump as L
-from pykexec.layouts.elf import NT_VMCOREINFO, NoteFormatError, iter_notes
-from pykexec.vmcore import VmcoreError
+from pykexec.layouts.elf import EM_386, EM_AARCH64, EM_X86_64, NT_VMCOREINFO, NoteFormatError, iter_notes
+from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.paging import PageTables
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from pykexec.layouts.elf import Note
+    from pykexec.vmcore.elfcore import Load
+
 _U64 = struct.Struct("<Q")
-_MASK64 = (1 << 64) - 1
-#: __START_KERNEL_map: kernel text virtual base on x86_64 (``__pa_symbol`` subtracts it).
-START_KERNEL_MAP = 0xFFFFFFFF80000000
-_PTE_PRESENT = 0x1
-_PTE_PSE = 0x80
-_PTE_ADDR = 0x000FFFFFFFFFF000
-
-
-class PageTables:
-    """x86_64 kernel address translation from VMCOREINFO alone.
-
-    ``read_phys(paddr, size)`` returns bytes (or a buffer) at a physical
-    address; it may raise :class:`VmcoreError` for memory not in the dump.
-    The root is ``__pa_symbol(init_top_pgt)`` = symbol - __START_KERNEL_map
-    + ``NUMBER(phys_base)`` (KASLR included).  Huge (1 GiB / 2 MiB)
-    mappings are followed; the SME encryption bit is masked off.
-    """
-
-    def __init__(self, read_phys: Callable[[int, int], bytes | memoryview], info: VmcoreInfo) -> None:
-        self._read_phys = read_phys
-        name = "init_top_pgt" if info.has_symbol("init_top_pgt") else "swapper_pg_dir"
-        if not info.has_symbol(name) or not info.has_number("phys_base"):
-            raise VmcoreError("VMCOREINFO lacks SYMBOL(init_top_pgt) or NUMBER(phys_base): "
-                              "cannot walk the kernel page tables")
-        self.root = (info.symbol(name) - START_KERNEL_MAP + info.number("phys_base")) & _MASK64
-        self.levels = 5 if info.has_number("pgtable_l5_enabled") and info.number("pgtable_l5_enabled") else 4
-        sme = info.number("sme_mask") if info.has_number("sme_mask") else 0
-        self._addr_mask = _PTE_ADDR & ~sme
-        self._cache: dict[int, tuple[int, int]] = {}  # va >> 21 -> (pa of the 2 MiB or 4 KiB base, size)
-
-    def _entry(self, table: int, index: int) -> int:
-        return int(_U64.unpack_from(self._read_phys(table + index * 8, 8))[0])
-
-    def translate(self, va: int) -> tuple[int, int]:
-        """(physical address of ``va``, bytes left in its mapping).
-
-        Raises :class:`VmcoreError` if ``va`` is not mapped.
-        """
-        hit = self._cache.get(va >> 21)
-        if hit is not None and hit[1] == 1 << 21:
-            off = va & ((1 << 21) - 1)
-            return hit[0] + off, (1 << 21) - off
-        table = self.root
-        shift = 39 + 9 * (self.levels - 4)
-        while True:
-            entry = self._entry(table, (va >> shift) & 511)
-            if not entry & _PTE_PRESENT:
-                raise VmcoreError(f"virtual address {va:#x} is not mapped in the kernel page tables")
-            if shift == 12 or (shift in (21, 30) and entry & _PTE_PSE):
-                size = 1 << shift
-                base = entry & self._addr_mask & ~(size - 1)
-                if size == 1 << 21:
-                    self._cache[va >> 21] = (base, size)
-                off = va & (size - 1)
-                return base + off, size - off
-            table = entry & self._addr_mask
-            shift -= 9
-
-    def read(self, va: int, size: int) -> bytes:
-        """``size`` bytes at kernel virtual address ``va`` (may cross mappings)."""
-        out = bytearray()
-        while size > 0:
-            pa, left = self.translate(va)
-            n = min(size, left)
-            out += self._read_phys(pa, n)
-            va += n
-            size -= n
-        return bytes(out)
 
 
 def _decompressor(flags: int) -> Callable[[bytes, int], bytes]:
@@ -173,7 +106,7 @@ class KdumpFile:
         self.sub = s = L.KdumpSubHeader.from_buffer_copy(sub_raw)
         self.max_mapnr = s.max_mapnr_64 if h.header_version >= 6 else h.max_mapnr
         self.incomplete = bool(h.status & L.DUMP_DH_COMPRESSED_INCOMPLETE)
-        self.notes = []
+        self.notes: list[Note] = []
         if h.header_version >= 4 and s.size_note:
             try:
                 self.notes = list(iter_notes(self._pread(s.size_note, s.offset_note)))
@@ -288,9 +221,9 @@ class KdumpFile:
 
 
 class KdumpCore:
-    """A kdump-compressed file behind the interface the log and info readers use on
-    ELF cores (:class:`~pykexec.vmcore.elfcore.ElfCore`): ``read``/``u32``/``u64`` by
-    kernel virtual address (through the dump's own page tables) or physical address."""
+    """A kdump-compressed file as :class:`~pykexec.vmcore.dump_memory.DumpMemory`:
+    ``read``/``u32``/``u64`` by kernel virtual address (through the dump's own page
+    tables) or physical address."""
 
     format = "kdump-compressed"
 
@@ -299,9 +232,10 @@ class KdumpCore:
         self.path = self._file.path
         self.notes = self._file.notes
         self.vmcoreinfo = self._file.vmcoreinfo
-        self.loads: list[object] = []  # no program headers in this format
+        self.loads: list[Load] = []  # no program headers in this format
         machine = bytes(self._file.header.utsname.machine).split(b"\0", 1)[0]
-        self.machine = {b"x86_64": 62, b"i386": 3, b"i686": 3, b"aarch64": 183}.get(machine, 0)
+        self.machine = {b"x86_64": EM_X86_64, b"i386": EM_386, b"i686": EM_386,
+                        b"aarch64": EM_AARCH64}.get(machine, 0)
         self.memory_bytes = self._file.num_saved * self._file.block_size
         self._tables: PageTables | None = None
 

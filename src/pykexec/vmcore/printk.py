@@ -13,7 +13,7 @@ Three in-memory formats, chosen as vmcore-dmesg chooses them:
 :func:`read_log` returns structured :class:`Record`\\ s; :func:`format_log`
 turns them into text.  Every count, index and length read from the dump is
 checked before use, so a corrupt or hostile dump ends in a
-:class:`~pykexec.vmcore.VmcoreError`, never an endless loop or a huge
+:class:`~pykexec.vmcore.errors.VmcoreError`, never an endless loop or a huge
 allocation.
 """
 
@@ -24,9 +24,13 @@ import time
 from collections import namedtuple
 from collections.abc import Iterable
 
-from pykexec.vmcore import VmcoreError
-from pykexec.vmcore.elfcore import Buffer, ElfCore
-from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+from pykexec.vmcore.errors import VmcoreError
+
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from pykexec.vmcore.dump_memory import DumpMemory
+    from pykexec.vmcore.elfcore import Buffer
+    from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 LOCKLESS = "lockless"
 STRUCTURED = "structured"
@@ -78,7 +82,7 @@ class KernelLog(namedtuple("KernelLog", "format records raw", defaults=(None,)))
     raw: bytes | None
 
 
-def read_log(core: ElfCore) -> KernelLog:
+def read_log(core: DumpMemory) -> KernelLog:
     """Find and walk the kernel log of ``core`` (format dispatch as vmcore-dmesg)."""
     info = core.require_vmcoreinfo()
     if info.has_symbol("prb"):
@@ -127,7 +131,7 @@ def _level_byte_ok(level_off: int, next_field: int | None, limit: int) -> bool:
 # 5.10+: lockless printk_ringbuffer
 # --------------------------------------------------------------------------- #
 
-def _read_lockless(core: ElfCore, info: VmcoreInfo) -> KernelLog:
+def _read_lockless(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     rb_size = info.size("printk_ringbuffer")
     if not 0 < rb_size <= 4096:
         raise VmcoreError(f"implausible SIZE(printk_ringbuffer)={rb_size}")
@@ -201,7 +205,7 @@ def _read_lockless(core: ElfCore, info: VmcoreInfo) -> KernelLog:
             continue  # reserved (being written), reusable, or already overwritten
         v = unpack_info(infos, idx * info_size)
         text_len = v[i_len]
-        record_level = (v[i_fac], v[i_lvl] >> 5) if i_lvl is not None else (None, None)
+        record_level = (v[i_fac], v[i_lvl] >> 5) if i_fac is not None and i_lvl is not None else (None, None)
         begin, nxt = d[i_begin], d[i_next]
         if begin & nxt & 1:
             # Data-less record (both positions odd).  FAILED_LPOS is a reservation
@@ -226,7 +230,7 @@ def _read_lockless(core: ElfCore, info: VmcoreInfo) -> KernelLog:
 # 3.5-5.9: struct printk_log records
 # --------------------------------------------------------------------------- #
 
-def _read_structured(core: ElfCore, info: VmcoreInfo) -> KernelLog:
+def _read_structured(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     name = "printk_log" if "SIZE(printk_log)" in info else "log"
     hdr_size = info.size(name)
     if not 12 <= hdr_size <= 256:
@@ -291,7 +295,7 @@ def _read_structured(core: ElfCore, info: VmcoreInfo) -> KernelLog:
 # Before 3.5: the character ring
 # --------------------------------------------------------------------------- #
 
-def _read_legacy(core: ElfCore, info: VmcoreInfo) -> KernelLog:
+def _read_legacy(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     for sym in ("log_end", "log_buf_len"):
         if not info.has_symbol(sym):
             raise VmcoreError(f"no SYMBOL({sym}) in VMCOREINFO (legacy log_buf format)")

@@ -14,7 +14,7 @@ ignored.  The first occurrence of a key wins, as in vmcore-dmesg.
 
 from __future__ import annotations
 
-from pykexec.vmcore import VmcoreError
+from pykexec.vmcore.errors import VmcoreError
 
 
 class VmcoreInfo:

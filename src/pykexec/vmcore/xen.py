@@ -37,54 +37,54 @@ Console ring (``xen/drivers/char/console.c``): ``char *conring`` (initially the
 (a power of two), and free-running ``uint32_t`` indices ``conringp`` (producer) and
 ``conringc`` (where ``xl dmesg`` starts).  Their addresses come from an unstripped
 ``xen-syms`` (``--xen-syms``) or from a pykexec note recorded at load time from
-dom0's ``/proc/xen/xensyms`` (:data:`NT_PYKEXEC_XEN_SYMBOLS`).
+dom0's ``/proc/xen/xensyms`` (:mod:`pykexec.xen_symbols`).
+
+Both page-table walks are :class:`~pykexec.vmcore.paging.PageTableWalker`'s.
 """
 
 from __future__ import annotations
 
 import struct
 
-from pykexec.layouts.elf import NT_PYKEXEC_XEN_PHYS_START, NT_PYKEXEC_XEN_SYMBOLS, PYKEXEC_NOTE_NAME
-from pykexec.layouts.xen import XEN_ELFNOTE_CRASH_INFO
-from pykexec.vmcore import VmcoreError
+from pykexec.layouts.elf import (
+    EHDR64_FMT,
+    EI_CLASS,
+    EI_DATA,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFMAG,
+    NT_PYKEXEC_XEN_PHYS_START,
+    NT_PYKEXEC_XEN_SYMBOLS,
+    PYKEXEC_NOTE_NAME,
+    SHDR64_FMT,
+    SHT_SYMTAB,
+)
+from pykexec.layouts.x86_paging import PAGE_SHIFT, PAGE_SIZE
+from pykexec.layouts.xen import VMCOREINFO_XEN_NOTE_NAME, XEN_ELFNOTE_CRASH_INFO, XEN_NOTE_NAME, XEN_VIRT_START
+from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.paging import PageTableWalker, pa_symbol, read_translated, top_table_symbol
+from pykexec.xen_symbols import CONRING_SYMBOLS, REQUIRED_CONRING_SYMBOLS, parse_symbol_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Sequence
 
     from pykexec.layouts.elf import Note
+    from pykexec.vmcore.dump_memory import DumpMemory
+    from pykexec.vmcore.elfcore import Load
     from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
-XEN_NOTE_NAME = b"Xen"
-VMCOREINFO_XEN_NOTE_NAME = b"VMCOREINFO_XEN"
-#: pykexec's load-time record of Xen symbols: ASCII ``name=0xADDRESS`` lines, read from
-#: dom0's ``/proc/xen/xensyms`` when the crash kernel is loaded (see
-#: :func:`xensyms_note_desc`).  Xen's link addresses do not move with xen_phys_start,
-#: so they stay valid until the crash.
-
-#: Xen's image mapping (Xen 4.4+, x86_64): 1 GiB from here; linked at +2 MiB.
-XEN_VIRT_START = 0xFFFF82D040000000
+#: Xen's image mapping (Xen 4.4+, x86_64): 1 GiB from XEN_VIRT_START; linked at +2 MiB.
 XEN_VIRT_SIZE = 1 << 30
 #: The 1:1 map of machine memory (without CONFIG_BIGMEM), up to 5 TiB.
 DIRECTMAP_VIRT_START = 0xFFFF830000000000
 DIRECTMAP_VIRT_END = 0xFFFF880000000000
-#: Linux x86_64 ``__START_KERNEL_map``.
-START_KERNEL_MAP = 0xFFFFFFFF80000000
 
-#: Symbols the console ring needs (``conringc`` is optional: without it the whole
-#: ring up to the producer is printed).
-CONRING_SYMBOLS = ("conring", "conring_size", "conringp", "conringc")
 #: Bigger rings are corruption (Xen caps conring_size far below this).
 MAX_CONRING_SIZE = 1 << 28
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-_PTE_PRESENT = 0x1
-_PTE_PSE = 0x80
-_PTE_ADDR = 0x000FFFFFFFFFF000
-_MASK64 = (1 << 64) - 1
 #: p2m entries: ~0 = no page; Linux's FOREIGN_FRAME_BIT and IDENTITY_FRAME_BIT.
-INVALID_P2M_ENTRY = _MASK64
+INVALID_P2M_ENTRY = (1 << 64) - 1
 _P2M_FLAGS = (1 << 63) | (1 << 62)
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -138,61 +138,6 @@ class XenCrashFacts:
             self.xen_phys_start = at_load
 
 
-def parse_symbol_lines(text: bytes) -> dict[str, int]:
-    """``name=0xADDR`` lines (pykexec's symbol note) as a dict; bad lines are skipped."""
-    out: dict[str, int] = {}
-    for line in text.split(b"\0", 1)[0].decode("ascii", "replace").splitlines():
-        name, eq, value = line.partition("=")
-        if eq:
-            try:
-                out[name.strip()] = int(value.strip(), 16)
-            except ValueError:
-                continue
-    return out
-
-
-def parse_xensyms(lines: Iterable[bytes], names: tuple[str, ...] = CONRING_SYMBOLS) -> dict[str, int]:
-    """Addresses of ``names`` in ``/proc/xen/xensyms`` lines (``%016llx %c %s``).
-
-    Xen's symbol table qualifies static symbols with their file, as
-    ``drivers/char/console.c#conring``; such a name matches ``conring``.  The first
-    match of each name wins.
-    """
-    want = set(names)
-    found: dict[str, int] = {}
-    for raw in lines:
-        parts = raw.split()
-        if len(parts) != 3:
-            continue
-        name = parts[2].decode("ascii", "replace").rpartition("#")[2]
-        if name in want and name not in found:
-            try:
-                found[name] = int(parts[0], 16)
-            except ValueError:
-                continue
-            if len(found) == len(want):
-                break
-    return found
-
-
-def xensyms_note_desc(path: str = "/proc/xen/xensyms", names: tuple[str, ...] = CONRING_SYMBOLS) -> bytes | None:
-    """The descriptor of an :data:`NT_PYKEXEC_XEN_SYMBOLS` note, for the loader.
-
-    Read at load time in dom0 from ``/proc/xen/xensyms`` (Linux ``CONFIG_XEN_SYMS``,
-    through Xen's ``XENPF_get_symbol``; Xen built with ``CONFIG_LIVEPATCH`` -- Debian's
-    4.17 is -- lists data symbols too, statics as ``file#name``).  None when the file
-    is missing or lacks the console-ring symbols.
-    """
-    try:
-        with open(path, "rb") as f:
-            found = parse_xensyms(f, names)
-    except OSError:
-        return None
-    if any(n not in found for n in ("conring", "conring_size", "conringp")):
-        return None
-    return "".join(f"{n}={found[n]:#x}\n" for n in names if n in found).encode()
-
-
 # -- xen-syms ---------------------------------------------------------------------------
 
 def read_elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
@@ -204,24 +149,25 @@ def read_elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
     from pykexec.errors import read_input
 
     data = read_input(path, "xen-syms", VmcoreError)
-    if data[:4] != b"\x7fELF" or len(data) < 64 or data[4] != 2 or data[5] != 1:
+    if data[:4] != ELFMAG or len(data) < EHDR64_FMT.size or data[EI_CLASS] != ELFCLASS64 \
+            or data[EI_DATA] != ELFDATA2LSB:
         raise VmcoreError(f"{path}: not an ELF64 little-endian file (expected an unstripped xen-syms)")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    if shentsize != 64 or shoff + shnum * 64 > len(data):
+    ehdr = EHDR64_FMT.unpack_from(data)
+    shoff, shentsize, shnum = ehdr[6], ehdr[11], ehdr[12]
+    if shentsize != SHDR64_FMT.size or shoff + shnum * SHDR64_FMT.size > len(data):
         raise VmcoreError(f"{path}: truncated or corrupt section headers")
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * 64) for i in range(shnum)]
+    sections = [SHDR64_FMT.unpack_from(data, shoff + i * SHDR64_FMT.size) for i in range(shnum)]
     want = set(names)
     out: dict[str, int] = {}
     for sh in sections:
-        if sh[1] != 2:  # SHT_SYMTAB
+        if sh[1] != SHT_SYMTAB:
             continue
         off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
         if link >= len(sections) or off + size > len(data):
             raise VmcoreError(f"{path}: corrupt symbol table")
         str_off, str_size = sections[link][4], sections[link][5]
         strtab = data[str_off:str_off + str_size]
-        for pos in range(off, off + size - entsize + 1, entsize):
+        for pos in range(off, off + size - entsize + 1, entsize):  # Elf64_Sym: st_name +0, st_value +8
             st_name, = _U32.unpack_from(data, pos)
             end = strtab.find(b"\0", st_name)
             name = strtab[st_name:end].decode("ascii", "replace")
@@ -236,43 +182,9 @@ def read_elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
 
 # -- machine memory -----------------------------------------------------------------------
 
-class _Walker:
-    """A 4-level x86_64 page-table walk whose table entries hold machine addresses."""
-
-    def __init__(self, read_machine: Callable[[int, int], bytes], root: int, what: str) -> None:
-        self._read = read_machine
-        self.root = root
-        self._what = what
-        self._cache: dict[int, int] = {}  # va >> 12 -> machine address of the page
-
-    def translate(self, va: int) -> tuple[int, int]:
-        """(machine address of ``va``, bytes left in its page or large page)."""
-        page = self._cache.get(va >> PAGE_SHIFT)
-        off = va & (PAGE_SIZE - 1)
-        if page is not None:
-            return page + off, PAGE_SIZE - off
-        table, shift = self.root, 39
-        while True:
-            try:
-                entry = _U64.unpack(self._read(table + ((va >> shift) & 511) * 8, 8))[0]
-            except VmcoreError:
-                raise VmcoreError(f"{self._what} page table at machine address {table:#x} "
-                                  f"is not in the dump (translating {va:#x})") from None
-            if not entry & _PTE_PRESENT:
-                raise VmcoreError(f"{self._what} virtual address {va:#x} is not mapped")
-            if shift == 12 or (shift in (21, 30) and entry & _PTE_PSE):
-                size = 1 << shift
-                base = entry & _PTE_ADDR & ~(size - 1)
-                maddr = base + (va & (size - 1))
-                self._cache[va >> PAGE_SHIFT] = maddr - off
-                return maddr, PAGE_SIZE - off
-            table = entry & _PTE_ADDR
-            shift -= 9
-
-
-def _machine_reader(core: object) -> Callable[[int, int], bytes]:
+def _machine_reader(core: DumpMemory) -> Callable[[int, int], bytes]:
     """``read(maddr, size) -> bytes`` of a core's physical (= machine) memory."""
-    read = core.read  # type: ignore[attr-defined]
+    read = core.read
 
     def read_machine(maddr: int, size: int) -> bytes:
         return bytes(read(maddr, size, physical=True))
@@ -280,34 +192,22 @@ def _machine_reader(core: object) -> Callable[[int, int], bytes]:
     return read_machine
 
 
-def _read_virtual(translate: Callable[[int], tuple[int, int]], read_machine: Callable[[int, int], bytes],
-                  va: int, size: int) -> bytes:
-    out = bytearray()
-    while size > 0:
-        ma, left = translate(va)
-        n = min(size, left)
-        out += read_machine(ma, n)
-        va += n
-        size -= n
-    return bytes(out)
-
-
 class XenMemory:
     """The hypervisor's virtual address space in a Xen dump (x86_64)."""
 
-    def __init__(self, core: object, facts: XenCrashFacts | None = None) -> None:
-        self.facts = facts or XenCrashFacts(core.notes)  # type: ignore[attr-defined]
-        self.path = getattr(core, "path", "dump")
+    def __init__(self, core: DumpMemory, facts: XenCrashFacts | None = None) -> None:
+        self.facts = facts or XenCrashFacts(core.notes)
+        self.path = core.path
         self._read_machine = _machine_reader(core)
         if not self.facts.xen_phys_start:
             raise VmcoreError(f"{self.path}: no xen_phys_start (neither in Xen's crash-info note nor "
                               "recorded at load time): cannot place Xen's image")
-        self._walker: _Walker | None = None
+        self._walker: PageTableWalker | None = None
         info = self.facts.vmcoreinfo
         if info is not None and info.has_symbol("pgd_l4"):
             pgd = info.symbol("pgd_l4")
             if XEN_VIRT_START <= pgd < XEN_VIRT_START + XEN_VIRT_SIZE:
-                self._walker = _Walker(self._read_machine, self._image_maddr(pgd), "Xen")
+                self._walker = PageTableWalker(self._read_machine, self._image_maddr(pgd), space="Xen")
 
     def _image_maddr(self, va: int) -> int:
         return va - XEN_VIRT_START + int(self.facts.xen_phys_start or 0)
@@ -325,7 +225,7 @@ class XenMemory:
 
     def read(self, va: int, size: int) -> bytes:
         try:
-            return _read_virtual(self.translate, self._read_machine, va, size)
+            return read_translated(self.translate, self._read_machine, va, size)
         except VmcoreError as err:
             raise VmcoreError(f"{self.path}: {err}") from None
 
@@ -356,13 +256,13 @@ def resolve_conring_symbols(facts: XenCrashFacts, xen_syms: str | None, path: st
         raise VmcoreError(f"{path}: Xen's console-ring symbols (conring, conring_size, conringp) are not "
                           "in the dump (not recorded at load time): pass --xen-syms FILE, the unstripped "
                           "xen-syms of this Xen (Debian: xen-hypervisor-4.17-amd64-dbg)")
-    missing = [n for n in ("conring", "conring_size", "conringp") if n not in syms]
+    missing = [n for n in REQUIRED_CONRING_SYMBOLS if n not in syms]
     if missing:
         raise VmcoreError(f"{source} has no symbol {missing[0]}: cannot find Xen's console ring")
     return syms
 
 
-def xen_console_ring(core: object, xen_syms: str | None = None,
+def xen_console_ring(core: DumpMemory, xen_syms: str | None = None,
                      symbols: dict[str, int] | None = None) -> bytes:
     """The hypervisor's console ring (what ``xl dmesg`` would have printed) in a Xen dump.
 
@@ -371,8 +271,8 @@ def xen_console_ring(core: object, xen_syms: str | None = None,
     dump's load-time symbol note.  Raises :class:`VmcoreError` (one line) when the dump
     is not a Xen dump or what the ring needs is missing.
     """
-    path = getattr(core, "path", "dump")
-    notes = core.notes  # type: ignore[attr-defined]
+    path = core.path
+    notes = core.notes
     if not is_xen_dump(notes):
         raise VmcoreError(f"{path}: not a dump of a Xen machine (no Xen crash-info note)")
     facts = XenCrashFacts(notes)
@@ -401,19 +301,22 @@ def xen_console_ring(core: object, xen_syms: str | None = None,
 # -- dom0 ----------------------------------------------------------------------------------
 
 class Dom0Memory:
-    """Dom0's kernel memory in a Xen dump, behind the interface :func:`read_log` uses.
+    """Dom0's kernel memory in a Xen dump, as :class:`~pykexec.vmcore.dump_memory.DumpMemory`.
 
     ``read(va, size)`` translates a dom0 kernel virtual address through dom0's own
     page tables (entries are machine frames: PV); ``read(pa, size, physical=True)``
-    takes a dom0 *pseudo-physical* address through the p2m.
+    takes a dom0 *pseudo-physical* address through the p2m.  The notes, PT_LOADs and
+    size are the whole dump's.
     """
 
-    def __init__(self, core: object) -> None:
-        self.path = getattr(core, "path", "dump")
-        self.notes = core.notes  # type: ignore[attr-defined]
-        self.vmcoreinfo: VmcoreInfo | None = core.vmcoreinfo  # type: ignore[attr-defined]
-        self.machine = getattr(core, "machine", 62)
-        self.loads = getattr(core, "loads", [])
+    def __init__(self, core: DumpMemory) -> None:
+        self.path = core.path
+        self.format = core.format
+        self.notes = core.notes
+        self.vmcoreinfo: VmcoreInfo | None = core.vmcoreinfo
+        self.machine = core.machine
+        self.loads: Sequence[Load] = core.loads
+        self.memory_bytes = core.memory_bytes
         self._read_machine = _machine_reader(core)
         facts = XenCrashFacts(self.notes)
         if self.vmcoreinfo is None:
@@ -424,13 +327,13 @@ class Dom0Memory:
         self.p2m_root = facts.dom0_p2m_root
         self._p2m_pages: dict[int, int] = {}  # pfn >> 9 -> machine address of that p2m page
         info = self.vmcoreinfo
-        name = "init_top_pgt" if info.has_symbol("init_top_pgt") else "swapper_pg_dir"
-        if not info.has_symbol(name):
+        name = top_table_symbol(info)
+        if name is None:
             raise VmcoreError(f"{self.path}: dom0's VMCOREINFO lacks SYMBOL(init_top_pgt): "
                               "cannot walk dom0's page tables")
         phys_base = info.number("phys_base") if info.has_number("phys_base") else 0
-        root_pfn = ((info.symbol(name) - START_KERNEL_MAP + phys_base) & _MASK64) >> PAGE_SHIFT
-        self._walker = _Walker(self._read_machine, self.pfn_to_mfn(root_pfn) << PAGE_SHIFT, "dom0")
+        root_pfn = pa_symbol(info.symbol(name), phys_base) >> PAGE_SHIFT
+        self._walker = PageTableWalker(self._read_machine, self.pfn_to_mfn(root_pfn) << PAGE_SHIFT, space="dom0")
 
     def require_vmcoreinfo(self) -> VmcoreInfo:
         assert self.vmcoreinfo is not None
@@ -470,8 +373,8 @@ class Dom0Memory:
                     off = pa & (PAGE_SIZE - 1)
                     return (self.pfn_to_mfn(pa >> PAGE_SHIFT) << PAGE_SHIFT) + off, PAGE_SIZE - off
 
-                return _read_virtual(translate, self._read_machine, addr, size)
-            return _read_virtual(self._walker.translate, self._read_machine, addr, size)
+                return read_translated(translate, self._read_machine, addr, size)
+            return self._walker.read(addr, size)
         except VmcoreError as err:
             raise VmcoreError(f"{self.path}: {err}") from None
 
@@ -482,11 +385,10 @@ class Dom0Memory:
         return int(_U32.unpack(self.read(addr, 4, physical=physical))[0])
 
 
-def dom0_memory(core: object) -> Dom0Memory:
+def dom0_memory(core: DumpMemory) -> DumpMemory:
     """Dom0's memory of a Xen dump (see :class:`Dom0Memory`); one-line errors."""
     return Dom0Memory(core)
 
 
-__all__ = ["CONRING_SYMBOLS", "Dom0Memory", "NO_DOM0_VMCOREINFO", "NT_PYKEXEC_XEN_SYMBOLS", "XenCrashFacts",
-           "XenMemory", "dom0_memory", "is_xen_dump", "parse_symbol_lines", "parse_xensyms", "read_elf_symbols",
-           "resolve_conring_symbols", "xen_console_ring", "xensyms_note_desc"]
+__all__ = ["Dom0Memory", "NO_DOM0_VMCOREINFO", "XenCrashFacts", "XenMemory", "dom0_memory", "is_xen_dump",
+           "read_elf_symbols", "resolve_conring_symbols", "xen_console_ring"]
