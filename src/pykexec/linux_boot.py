@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from pykexec import crash
 from pykexec.errors import PlacementError, UsageError
-from pykexec.images import LoadRequest
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
 from pykexec.machine import Machine
 from pykexec.memory import GiB, MiB, PAGE_SIZE, Allocator, MemoryMap, Range, align_up
-from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
+from pykexec.plan import LoadPlan, Segment
 from pykexec.purgatory import Purgatory, PurgatoryParams, Region as DigestRegion
 
 BELOW_4G = 4 * GiB - 1
@@ -154,7 +154,7 @@ class SetupDataBlock:
 
 def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
                place_kernel: Callable[[Allocator], PlacedKernel], kernel_memsz: int, *,
-               purgatory: bool = True, backend: str = BACKEND_KEXEC_LOAD) -> LoadPlan:
+               purgatory: bool = True) -> LoadPlan:
     """Place the kernel (through ``place_kernel``), then initrd, crash segments for -p,
     command line, boot_params and purgatory; the result is a plan entered through
     purgatory. ``kernel_memsz`` is what the kernel will occupy (for -p's check). Without
@@ -165,7 +165,7 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
     if req.crash:
         _check_crash_room(req, kernel_memsz)
     kernel = place_kernel(alloc)
-    plan = LoadPlan(image_type=image_type, backend=backend, crash=req.crash,
+    plan = LoadPlan(image_type=image_type, backend=req.backend, crash=req.crash,
                     cmdline=req.cmdline, kernel_entry=kernel.entry64)
     plan.segments.extend(kernel.segments)
 
@@ -185,12 +185,7 @@ def plan_linux(req: LoadRequest, image_type: str, header: bp.SetupHeader,
         plan.cmdline = f"{plan.cmdline} {extra}".strip()
 
     cmdline = plan.cmdline.encode()
-    if header.cmdline_size and len(cmdline) > header.cmdline_size:
-        what = " with the crash kernel's additions" if req.crash else ""
-        raise UsageError(f"command line{what} is {len(cmdline)} bytes; this kernel accepts at most "
-                         f"{header.cmdline_size}")
-    if b"\0" in cmdline:
-        raise UsageError("command line contains a NUL byte")
+    bp.check_cmdline(header, cmdline, with_crash_additions=req.crash)
 
     extras = SetupDataBlock.for_machine(machine, header, e820)
     if extras.size:

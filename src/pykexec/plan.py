@@ -1,6 +1,5 @@
-"""A load plan: the segments, entry point and syscall choice for one kexec load, and
-the checks the kernel would make, done first in user space so that a refusal names
-the segment and the rule instead of a bare EINVAL."""
+"""A load plan: the segments, entry point and backend of one kexec load. Plans are
+pure data; each backend checks them against its own rules (:mod:`pykexec.backends`)."""
 
 from __future__ import annotations
 
@@ -8,10 +7,7 @@ import hashlib
 import os
 from collections import namedtuple
 
-from pykexec.errors import PlanError
-from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
-from pykexec.machine import Machine
-from pykexec.memory import PAGE_SIZE, Range
+from pykexec.memory import Range
 
 BACKEND_KEXEC_LOAD = "kexec_load"
 BACKEND_KEXEC_FILE_LOAD = "kexec_file_load"
@@ -117,37 +113,3 @@ def _file_seg(role: str, path: str | os.PathLike[str]) -> dict[str, object]:
             h.update(chunk)
             size += len(chunk)
     return {"mem": None, "memsz": None, "bufsz": hex(size), "role": role, "sha256": h.hexdigest()}
-
-
-def validate(plan: LoadPlan, machine: Machine) -> None:
-    """Refuse a plan the kernel would refuse (kernel/kexec_core.c sanity_check_segment_list),
-    with the segment and the rule named. File loads are checked by the kernel itself."""
-    if plan.backend != BACKEND_KEXEC_LOAD:
-        return
-    segs = plan.sorted_segments()
-    if not segs:
-        raise PlanError("the plan has no segments", segs)
-    if len(segs) > KEXEC_SEGMENT_MAX:
-        raise PlanError(f"{len(segs)} segments, the kernel accepts at most {KEXEC_SEGMENT_MAX}", segs)
-    ram = machine.memory
-    for s in segs:
-        name = f"{s.role} segment at {s.mem:#x}"
-        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
-            raise PlanError(f"{name}: address and size must be page aligned (memsz {s.memsz:#x})", segs)
-        if s.bufsz > s.memsz:
-            raise PlanError(f"{name}: buffer ({s.bufsz:#x}) is larger than memsz ({s.memsz:#x})", segs)
-        if not ram.is_ram(s.range):
-            raise PlanError(f"{name}: {s.range} is not inside System RAM", segs)
-        if plan.crash and machine.crash_kernel and not machine.crash_kernel.contains(s.range):
-            raise PlanError(f"{name}: {s.range} is outside the crash kernel region {machine.crash_kernel}", segs)
-    for a, b in zip(segs, segs[1:]):
-        if a.range.overlaps(b.range):
-            raise PlanError(f"{a.role} segment {a.range} overlaps {b.role} segment {b.range}", segs)
-    if plan.entry is None or not any(s.range.contains(plan.entry) for s in segs):
-        raise PlanError(f"entry point {plan.entry} is not inside any segment", segs)
-    total = sum(s.memsz for s in segs)
-    ram_total = sum(r.size for r in ram.ram())
-    if not plan.crash and total > ram_total // 2:
-        raise PlanError(f"segments need {total >> 20} MiB, more than half of RAM ({ram_total >> 20} MiB): "
-                        "the kernel refuses that", segs)
-

@@ -20,10 +20,11 @@ checked here, before any hypercall, with the rule named.
 from __future__ import annotations
 
 from pykexec.errors import ImageFormatError, PlacementError, PlanError
-from pykexec.images import LoadRequest, bzimage
+from pykexec.images import bzimage
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
 from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
-from pykexec.plan import BACKEND_XEN, LoadPlan, Segment
+from pykexec.plan import LoadPlan, Segment
 
 KEXEC_TYPE_CRASH_EFI = 3
 MIN_PROTOCOL = 0x0202
@@ -80,8 +81,7 @@ def plan(req: LoadRequest) -> LoadPlan:
             raise PlacementError(f"no room for the kernel's {setup:#x}-byte setup below {start:#x}") from None
         return PlacedKernel([Segment("kernel", dest, setup + body, req.kernel)], start + bp.STARTUP_64_OFFSET)
 
-    result = plan_linux(req, "bzImage64", h, place_kernel, kernel_memsz=setup + body, purgatory=False,
-                        backend=BACKEND_XEN)
+    result = plan_linux(req, "bzImage64", h, place_kernel, kernel_memsz=setup + body, purgatory=False)
     result.notes.append("Xen load type CRASH_EFI (3): segment 0 is the whole signed bzImage, Xen enters "
                         f"it at {result.kernel_entry:#x} with RSI = boot_params ({result.entry:#x})")
     validate(result, req.machine.crash_kernel)

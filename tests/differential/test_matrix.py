@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pykexec import images
-from pykexec import machine as machine_mod
-from pykexec.plan import validate
+from pykexec.request import LoadRequest
+from pykexec import machine_file
+from pykexec.backends.linux import check_segments
 
 from support.oracle import MachineSpec, MemoryRange, make_kcore, run_kexec_tools
 from support.oracle_segments import bzimage_payload, roles
@@ -87,14 +88,14 @@ def test_plan_matches_kexec_tools(assets: Assets, tmp_path: Path, flavour: str, 
     theirs = run_kexec_tools(args, spec)
     assert theirs.load_attempted, theirs.stderr
 
-    machine = machine_mod.from_dict(json.loads(spec.to_pykexec_machine_json()), source="matrix machine")
+    machine = machine_file.from_dict(json.loads(spec.to_pykexec_machine_json()), source="matrix machine")
     lo, hi = _window(options)
     cmdline = " ".join(w for w in ([*spec.cmdline.split()] if reuse else [])
                        if not w.startswith(("BOOT_IMAGE=", "crashkernel="))) + (" " if reuse else "") + APPEND
-    plan = images.select(kernel).plan(images.LoadRequest(vmlinuz, kernel, machine, cmdline=cmdline.strip(),
+    plan = images.select(kernel).plan(LoadRequest(vmlinuz, kernel, machine, cmdline=cmdline.strip(),
                                                          initrd=initrd.read_bytes() if initrd else None,
                                                          mem_min=lo, mem_max=hi))
-    validate(plan, machine)
+    check_segments(plan, machine)
     ours = {s.role: s for s in plan.segments}
     names = roles(theirs, bzimage_payload(kernel), initrd.read_bytes() if initrd else b"\xff")
     t_bp = theirs.segments[names["boot_params"]]

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from pykexec import images
-from pykexec import machine as machine_mod
-from pykexec.plan import Segment, validate
+from pykexec.request import LoadRequest
+from pykexec import machine_file
+from pykexec.plan import Segment
+from pykexec.backends.linux import check_segments
 
 from support.oracle import OracleResult, run_kexec_tools
 from support.oracle_machines import APPEND, CRASH_REGION, crash_machine, one_gib_machine
@@ -27,12 +29,12 @@ def both(vmlinuz: Path, initrd: Path) -> tuple[OracleResult, dict[str, Segment],
     spec = one_gib_machine()
     theirs = run_kexec_tools(["-c", "-l", str(vmlinuz), f"--initrd={initrd}", f"--append={APPEND}"], spec)
     assert theirs.load_attempted, theirs.stderr
-    machine = machine_mod.from_dict(json.loads(spec.to_pykexec_machine_json()), source="oracle machine")
+    machine = machine_file.from_dict(json.loads(spec.to_pykexec_machine_json()), source="oracle machine")
     kernel = vmlinuz.read_bytes()
-    req = images.LoadRequest(kernel_path=vmlinuz, kernel=kernel, machine=machine, cmdline=APPEND,
+    req = LoadRequest(kernel_path=vmlinuz, kernel=kernel, machine=machine, cmdline=APPEND,
                              initrd_path=initrd, initrd=initrd.read_bytes())
     plan = images.select(kernel).plan(req)
-    validate(plan, machine)
+    check_segments(plan, machine)
     ours = {s.role: s for s in plan.segments}
     return theirs, ours, plan
 
@@ -146,11 +148,11 @@ def both_crash(vmlinuz: Path, initrd: Path):
                                   "end": hex(spec.vmcoreinfo[0] + spec.vmcoreinfo[1] - 1)},
                    "kernel_image": {"vaddr": "0xffffffff81000000", "paddr": "0x1000000", "size": "0x2000000"},
                    "kernel_release": "6.1.0-56-cloud-amd64"}
-    machine = machine_mod.from_dict(doc, source="oracle machine")
+    machine = machine_file.from_dict(doc, source="oracle machine")
     kernel = vmlinuz.read_bytes()
-    plan = images.select(kernel).plan(images.LoadRequest(vmlinuz, kernel, machine, cmdline=APPEND,
+    plan = images.select(kernel).plan(LoadRequest(vmlinuz, kernel, machine, cmdline=APPEND,
                                                          initrd=initrd.read_bytes(), crash=True))
-    validate(plan, machine)
+    check_segments(plan, machine)
     names = roles(theirs, bzimage_payload(kernel), initrd.read_bytes())
     return theirs, names, {s.role: s for s in plan.segments}, plan
 

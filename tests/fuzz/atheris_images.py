@@ -18,7 +18,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from pykexec import images, machine
+    from pykexec import images, machine_file
+from pykexec.request import LoadRequest
     from pykexec.errors import KexecError
     import pykexec.images.bzimage  # noqa: F401  (instrument the loaders, not only the table)
     import pykexec.images.elf  # noqa: F401
@@ -30,14 +31,14 @@ with atheris.instrument_imports():
 from support.multiboot_synth import mb2_elf, xen_like
 from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
-MACHINE = machine.from_dict(MACHINE_1G, source="atheris")
+MACHINE = machine_file.from_dict(MACHINE_1G, source="atheris")
 
 
 def one_input(data: bytes) -> None:
     try:
         kernel = images.decompress(data, "fuzz")
         chosen = images.select(kernel)
-        chosen.plan(images.LoadRequest("fuzz", kernel, MACHINE, cmdline="console=ttyS0"))
+        chosen.plan(LoadRequest("fuzz", kernel, MACHINE, cmdline="console=ttyS0"))
     except KexecError as err:
         if "\n" in str(err) or not str(err).strip():
             raise AssertionError(f"not a one-line message: {err!r}") from None

@@ -16,14 +16,15 @@ from support.fuzzlib import fuzz_settings, mutated, outcome, raw_or_mutated
 from support.multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, mb2_header, xen_like
 from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
-from pykexec import images, machine
+from pykexec import images, machine_file
+from pykexec.request import LoadRequest
 from pykexec.errors import KexecError
 from pykexec.images import bzimage, elf, multiboot, multiboot2
 from pykexec.layouts import boot_params as bp
 from pykexec.plan import LoadPlan
 
-MACHINE = machine.from_dict(MACHINE_1G, source="fuzz machine")
-CRASH_MACHINE = machine.from_dict({**MACHINE_1G, "crash_kernel": {"start": "0x20000000", "end": "0x2fffffff"}},
+MACHINE = machine_file.from_dict(MACHINE_1G, source="fuzz machine")
+CRASH_MACHINE = machine_file.from_dict({**MACHINE_1G, "crash_kernel": {"start": "0x20000000", "end": "0x2fffffff"}},
                                   source="fuzz crash machine")
 
 # Offsets of every setup-header field in the file: where mutations hurt most.
@@ -38,13 +39,13 @@ ELF32_HOT = (16, 18, 24, 28, 32, 42, 44, 46, 48, 50) + tuple(52 + f for f in (0,
 MB_HOT = ELF32_HOT + tuple(0x108 + 4 * i for i in range(8)) + tuple(0x118 + 4 * i for i in range(16))
 
 
-def request(kernel: bytes, data: st.DataObject) -> images.LoadRequest:
+def request(kernel: bytes, data: st.DataObject) -> LoadRequest:
     """A LoadRequest with drawn options: crash or not, command line, initrd, window."""
     crash = data.draw(st.booleans(), label="crash")
     initrd = data.draw(st.none() | st.binary(min_size=1, max_size=64), label="initrd")
     mem_min = data.draw(st.sampled_from((0, 0x100000, 0x3FF00000)), label="mem_min")
     mem_max = data.draw(st.sampled_from(((1 << 64) - 1, 0xFFFFFFFF, 0x1FFFFF)), label="mem_max")
-    return images.LoadRequest("fuzz-kernel", kernel, CRASH_MACHINE if crash else MACHINE,
+    return LoadRequest("fuzz-kernel", kernel, CRASH_MACHINE if crash else MACHINE,
                               cmdline=data.draw(st.text(max_size=40), label="cmdline"),
                               initrd_path="fuzz-initrd" if initrd else None, initrd=initrd, crash=crash,
                               mem_min=mem_min, mem_max=mem_max,

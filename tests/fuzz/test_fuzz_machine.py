@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from support.fuzzlib import INTERESTING, fuzz_settings, mutated, outcome
 from support.synth_images import MACHINE_1G
 
-from pykexec import crash, machine
+from pykexec import crash, machine, machine_file, probe
 from pykexec.memory import MemType
 
 
@@ -79,10 +79,10 @@ def machine_dicts(draw: st.DrawFn) -> object:
 @fuzz_settings(400)
 @given(data=machine_dicts())
 def test_machine_from_dict(data: object) -> None:
-    m = outcome(machine.from_dict, data, "fuzz.json")
+    m = outcome(machine_file.from_dict, data, "fuzz.json")
     if isinstance(m, machine.Machine):
         assert m.memory.ram()
-        outcome(machine.to_dict, m)
+        outcome(machine_file.to_dict, m)
 
 
 @fuzz_settings(150)
@@ -92,7 +92,7 @@ def test_machine_from_dict(data: object) -> None:
 def test_machine_load(workdir: Path, raw: bytes) -> None:
     path = workdir / "machine.json"
     path.write_bytes(raw)
-    outcome(machine.load, path)
+    outcome(machine_file.load, path)
 
 
 # --- /proc/iomem --------------------------------------------------------------------------
@@ -106,7 +106,7 @@ _IOMEM_LINE = st.builds(lambda ind, a, b, sep, name: f"{' ' * ind}{a}-{b}{sep}{n
 @fuzz_settings(300)
 @given(text=st.lists(_IOMEM_LINE | st.text(max_size=20), max_size=8).map("\n".join))
 def test_parse_iomem(text: str) -> None:
-    outcome(machine.parse_iomem, text)
+    outcome(probe.parse_iomem, text)
 
 
 # --- sysfs trees ---------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_read_firmware_memmap(workdir: Path, entries: list[tuple[str, object, ob
         files.update({f"{name}/start": start, f"{name}/end": end, f"{name}/type": kind})
     root = workdir / "memmap"
     _write_tree(root, files)
-    outcome(machine.read_firmware_memmap, root)
+    outcome(probe.read_firmware_memmap, root)
 
 
 @fuzz_settings(100)
@@ -157,7 +157,7 @@ def test_read_firmware_memmap(workdir: Path, entries: list[tuple[str, object, ob
 def test_read_efi(workdir: Path, attrs: dict[str, object], boot_params: bytes | None) -> None:
     root = workdir / "efi"
     _write_tree(root, attrs)
-    outcome(machine.read_efi, boot_params, root)
+    outcome(probe.read_efi, boot_params, root)
 
 
 @fuzz_settings(100)

@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from pykexec import machine as machine_mod
-from pykexec.images import LoadRequest, bzimage
+from pykexec import machine_file, probe
+from pykexec.images import bzimage
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
 from pykexec.images.bzimage import header_from_image
 from pykexec.linux_boot import build_boot_params
@@ -56,7 +57,7 @@ def test_sizes():
 
 
 def test_built_zero_page_bytes():
-    machine = machine_mod.from_dict(dict(MACHINE_1G, acpi_rsdp="0xf5a10"))
+    machine = machine_file.from_dict(dict(MACHINE_1G, acpi_rsdp="0xf5a10"))
     image = make_bzimage()
     header = header_from_image(image)
     page = build_boot_params(header, machine, e820=machine.memory, cmdline_addr=0x1_2345_6000,
@@ -98,9 +99,9 @@ def test_e820_over_128_entries_goes_to_setup_data():
                 "type": "System RAM" if i % 2 == 0 else "Reserved"} for i in range(150)]
     # make gaps so entries do not merge
     regions = [dict(r, end=hex(int(r["end"], 16) - 0x1000)) for r in regions]
-    machine = machine_mod.from_dict({"memory": regions})
+    machine = machine_file.from_dict({"memory": regions})
     big = [{"start": "0x40000000", "end": "0x7fffffff", "type": "System RAM"}]
-    machine = machine_mod.from_dict({"memory": regions + big})
+    machine = machine_file.from_dict({"memory": regions + big})
     from pathlib import Path
     req = LoadRequest(kernel_path=Path("k"), kernel=make_bzimage(), machine=machine, cmdline="x")
     plan = bzimage.plan(req)
@@ -132,11 +133,11 @@ def test_efi_handover(tmp_path):
     _fake_efi_sysfs(tmp_path)
     running = bytearray(4096)
     struct.pack_into("<IIIIIIII", running, 0x1C0, 0x34364C45, 0x7fe9d018, 48, 1, 0x7e000000, 0x1800, 0, 0)
-    efi = machine_mod.read_efi(bytes(running), tmp_path)
+    efi = probe.read_efi(bytes(running), tmp_path)
     assert efi is not None and efi.smbios == 0x7F98F000 and len(efi.runtime_map) == 2
-    assert machine_mod.read_efi(bytes(4096), tmp_path) is None       # booted by BIOS
-    assert machine_mod.read_efi(bytes(running), tmp_path / "x") is None
-    machine = machine_mod.from_dict(MACHINE_1G)._replace(efi=efi)
+    assert probe.read_efi(bytes(4096), tmp_path) is None       # booted by BIOS
+    assert probe.read_efi(bytes(running), tmp_path / "x") is None
+    machine = machine_file.from_dict(MACHINE_1G)._replace(efi=efi)
     from pathlib import Path
 
     def plan_for(xlf):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pykexec import cli
+from pykexec import cli, kexec
 
 from support.synth_images import make_bzimage, make_elf_vmlinux
 
@@ -68,7 +68,7 @@ def test_text_plan_shows_memory_map(capsys, bzimage_file, machine_file):
     ('a="b c" crashkernel=1G,high d', None, 'a="b c" d'),
 ])
 def test_reuse_cmdline(reuse_from, append, expect):
-    assert cli.compose_cmdline(reuse_from, True, append, False) == expect
+    assert kexec.compose_cmdline(reuse_from, True, append) == expect
 
 
 def test_last_append_wins(capsys, bzimage_file, machine_file):
@@ -143,7 +143,7 @@ def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tm
                                            expect_calls, rc, message):
     import json as _json
 
-    from pykexec import machine as machine_mod
+    from pykexec import machine_file
     from pykexec.backends import linux
 
     from support.synth_images import MACHINE_1G
@@ -151,7 +151,7 @@ def test_auto_falls_back_only_when_allowed(monkeypatch, capsys, bzimage_file, tm
     rec = _Recorder(file_errno)
     monkeypatch.setattr(linux, "kexec_file_load", rec.kexec_file_load)
     monkeypatch.setattr(linux, "kexec_load", rec.kexec_load)
-    monkeypatch.setattr(machine_mod, "probe", lambda: machine_mod.from_dict(dict(MACHINE_1G, lockdown=lockdown)))
+    monkeypatch.setattr(kexec, "this_machine", lambda: machine_file.from_dict(dict(MACHINE_1G, lockdown=lockdown)))
     # -d too: the plan is printed on stderr before a kexec_load
     code, _, err = run(capsys, "-d", "-l", str(bzimage_file), "--append", "x")
     assert (code, rec.calls) == (rc, expect_calls), err

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from pykexec import crash
-from pykexec import machine as machine_mod
+from pykexec import machine_file
 from pykexec.errors import PlacementError
-from pykexec.images import LoadRequest, bzimage
+from pykexec.images import bzimage
+from pykexec.request import LoadRequest
 from pykexec.memory import MemType, Range
 
 from support.synth_images import MACHINE_1G, make_bzimage
@@ -56,12 +57,12 @@ def test_backup_only_for_old_kernels():
     assert crash.DumpSources(kernel_release="5.5.19").needs_backup
     assert not crash.DumpSources(kernel_release="5.6.0").needs_backup
     assert not crash.DumpSources(kernel_release="6.12.117+deb12-cloud-amd64").needs_backup
-    mm = machine_mod.from_dict(MACHINE_1G).memory
+    mm = machine_file.from_dict(MACHINE_1G).memory
     assert crash.backup_source(mm) == Range(0x1000, 0x9FC00)
 
 
 def test_crash_memory_map_and_memmap_cmdline():
-    mm = machine_mod.from_dict(MACHINE_1G).memory
+    mm = machine_file.from_dict(MACHINE_1G).memory
     cm = crash.crash_memory_map(mm, CRASH, [Range(0x3BFFF000, 0x3C000000)])
     assert cm.ram() == [Range(0x1000, 0x9FC00), Range(0x2C000000, 0x3BFFF000)]
     assert cm.of_type(MemType.RESERVED) == mm.of_type(MemType.RESERVED)
@@ -70,7 +71,7 @@ def test_crash_memory_map_and_memmap_cmdline():
 
 
 def test_dump_ranges_exclude_crash_region():
-    mm = machine_mod.from_dict(MACHINE_1G).memory
+    mm = machine_file.from_dict(MACHINE_1G).memory
     assert crash.dump_ranges(mm, CRASH) == [Range(0x1000, 0x9FC00), Range(0x100000, 0x2C000000),
                                             Range(0x3C000000, 0x3FFE0000)]
 
@@ -108,7 +109,7 @@ def crash_machine(**dump):
     data = dict(MACHINE_1G, crash_kernel={"start": hex(CRASH.start), "end": hex(CRASH.last)},
                 dump={"cpu_notes": [{"start": "0x3fc1d000", "end": "0x3fc1d3ff"}],
                       "vmcoreinfo": {"start": "0x2a00000", "end": "0x2a00fff"}, **dump})
-    return machine_mod.from_dict(json.loads(json.dumps(data)))
+    return machine_file.from_dict(json.loads(json.dumps(data)))
 
 
 def test_crash_plan_stays_in_region_and_hands_over_elfcorehdr():
@@ -133,7 +134,7 @@ def test_crash_plan_stays_in_region_and_hands_over_elfcorehdr():
 
 def test_crash_region_too_small_says_how_much():
     data = dict(MACHINE_1G, crash_kernel={"start": "0x2c000000", "end": "0x2dffffff"})
-    req = LoadRequest(kernel_path=Path("k"), kernel=make_bzimage(init_size=0x2000000), machine=machine_mod.from_dict(data),
+    req = LoadRequest(kernel_path=Path("k"), kernel=make_bzimage(init_size=0x2000000), machine=machine_file.from_dict(data),
                       initrd=b"i" * (8 << 20), crash=True)
     with pytest.raises(PlacementError, match=r"holds 32 MiB.*need 41 MiB: reserve more with crashkernel="):
         bzimage.plan(req)

@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from pykexec import images
-from pykexec import machine as machine_mod
+from pykexec import machine_file
 from pykexec.errors import ImageFormatError, PlacementError, PlanError, UsageError
-from pykexec.images import LoadRequest, bzimage, elf
+from pykexec.images import bzimage, elf
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
-from pykexec.plan import LoadPlan, Segment, validate
+from pykexec.plan import LoadPlan, Segment
+from pykexec.backends.linux import check_segments
 from pykexec.purgatory import Purgatory
 
 from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
 
-MACHINE = machine_mod.from_dict(MACHINE_1G)
+MACHINE = machine_file.from_dict(MACHINE_1G)
 
 
 def request(kernel: bytes, **kw) -> LoadRequest:
@@ -58,7 +60,7 @@ def test_bzimage_plan_layout():
     initrd = b"I" * 300000
     plan = bzimage.plan(request(make_bzimage(body=body, init_size=0x1000000), initrd=initrd,
                                 cmdline="console=ttyS0 hello"))
-    validate(plan, MACHINE)
+    check_segments(plan, MACHINE)
     roles = {s.role: s for s in plan.segments}
     assert set(roles) == {"kernel", "initrd", "cmdline", "boot_params", "purgatory"}
     k = roles["kernel"]
@@ -104,7 +106,7 @@ def test_elf_plan_loads_at_paddr_and_merges_shared_pages():
     data = b"D" * 0x100
     vmlinux = make_elf_vmlinux([(0x1000000, text, 0x1800), (0x1001800, data, 0x3000)], entry=0x1000000)
     plan = elf.plan(request(vmlinux, cmdline="root=/dev/vda"))
-    validate(plan, MACHINE)
+    check_segments(plan, MACHINE)
     kern = [s for s in plan.segments if s.role == "kernel"]
     assert len(kern) == 1 and kern[0].mem == 0x1000000 and kern[0].memsz == 0x5000
     assert kern[0].data[:0x1800] == text and kern[0].data[0x1800:0x1900] == data
@@ -129,16 +131,16 @@ def test_validate_names_the_broken_rule():
         return LoadPlan(image_type="t", backend="kexec_load", entry=entry, segments=list(segs))
 
     ok = Segment("a", 0x100000, 0x1000, b"x")
-    validate(plan_of(ok), MACHINE)
+    check_segments(plan_of(ok), MACHINE)
     with pytest.raises(PlanError, match="page aligned"):
-        validate(plan_of(Segment("a", 0x100800, 0x1000)), MACHINE)
+        check_segments(plan_of(Segment("a", 0x100800, 0x1000)), MACHINE)
     with pytest.raises(PlanError, match="overlaps"):
-        validate(plan_of(ok, Segment("b", 0x100000, 0x2000)), MACHINE)
+        check_segments(plan_of(ok, Segment("b", 0x100000, 0x2000)), MACHINE)
     with pytest.raises(PlanError, match="not inside System RAM"):
-        validate(plan_of(Segment("a", 0x9F000, 0x2000), entry=0x9F000), MACHINE)
+        check_segments(plan_of(Segment("a", 0x9F000, 0x2000), entry=0x9F000), MACHINE)
     with pytest.raises(PlanError, match="entry point"):
-        validate(plan_of(ok, entry=0x200000), MACHINE)
+        check_segments(plan_of(ok, entry=0x200000), MACHINE)
     with pytest.raises(PlanError, match="larger than memsz"):
-        validate(plan_of(Segment("a", 0x100000, 0x1000, b"x" * 0x1001)), MACHINE)
+        check_segments(plan_of(Segment("a", 0x100000, 0x1000, b"x" * 0x1001)), MACHINE)
     with pytest.raises(PlanError, match="at most 16"):
-        validate(plan_of(*[Segment("s", 0x100000 + i * 0x1000, 0x1000) for i in range(17)]), MACHINE)
+        check_segments(plan_of(*[Segment("s", 0x100000 + i * 0x1000, 0x1000) for i in range(17)]), MACHINE)

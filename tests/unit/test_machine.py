@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pykexec import machine as machine_mod
+from pykexec import machine_file, probe
 from pykexec.errors import InputError, MachineError
 from pykexec.memory import MemType, Range
 
@@ -22,7 +22,7 @@ fee00000-fee00fff : Local APIC
 
 
 def test_parse_iomem_top_level_and_nested():
-    mm, entries = machine_mod.parse_iomem(IOMEM)
+    mm, entries = probe.parse_iomem(IOMEM)
     assert mm.ram() == [Range(0x1000, 0x9FC00), Range(0x100000, 0x3FFE0000)]
     assert mm.type_at(0xA0000) is None  # PCI windows are not memory
     crash = [r for depth, r, name in entries if name == "Crash kernel"]
@@ -31,9 +31,9 @@ def test_parse_iomem_top_level_and_nested():
 
 def test_parse_iomem_errors():
     with pytest.raises(MachineError, match="as root"):
-        machine_mod.parse_iomem("00000000-00000000 : System RAM\n00000000-00000000 : Reserved\n")
+        probe.parse_iomem("00000000-00000000 : System RAM\n00000000-00000000 : Reserved\n")
     with pytest.raises(InputError, match="line 2"):
-        machine_mod.parse_iomem("00000000-00000fff : Reserved\nnonsense\n")
+        probe.parse_iomem("00000000-00000fff : Reserved\nnonsense\n")
 
 
 def test_firmware_memmap(tmp_path):
@@ -44,15 +44,15 @@ def test_firmware_memmap(tmp_path):
         (d / "start").write_text(hex(s) + "\n")
         (d / "end").write_text(hex(e) + "\n")
         (d / "type").write_text(t + "\n")
-    mm = machine_mod.read_firmware_memmap(tmp_path)
+    mm = probe.read_firmware_memmap(tmp_path)
     assert mm is not None and len(mm) == 4 and mm.type_at(0x3FFE0000) is MemType.ACPI
-    assert machine_mod.read_firmware_memmap(tmp_path / "missing") is None
+    assert probe.read_firmware_memmap(tmp_path / "missing") is None
 
 
 def test_lockdown_parse():
-    assert machine_mod.parse_lockdown("none [integrity] confidentiality\n") == "integrity"
-    assert machine_mod.parse_lockdown("[none] integrity confidentiality") == "none"
-    assert machine_mod.parse_lockdown(None) == "none"
+    assert probe.parse_lockdown("none [integrity] confidentiality\n") == "integrity"
+    assert probe.parse_lockdown("[none] integrity confidentiality") == "none"
+    assert probe.parse_lockdown(None) == "none"
 
 
 def test_machine_file_round_trip(tmp_path):
@@ -63,10 +63,10 @@ def test_machine_file_round_trip(tmp_path):
             "cmdline": "console=ttyS0", "lockdown": True}
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
-    m = machine_mod.load(path)
+    m = machine_file.load(path)
     assert m.crash_kernel == Range(0x20000000, 0x30000000)
     assert m.xen.xen_start == 0x200000 and m.xen.cpus == 2 and m.lockdown == "integrity"
-    again = machine_mod.from_dict(machine_mod.to_dict(m))
+    again = machine_file.from_dict(machine_file.to_dict(m))
     assert again.memory.regions == m.memory.regions and again.crash_kernel == m.crash_kernel
 
 
@@ -88,15 +88,15 @@ def test_machine_file_round_trip(tmp_path):
 ])
 def test_machine_file_errors(data, message):
     with pytest.raises(InputError, match=message):
-        machine_mod.from_dict(data)
+        machine_file.from_dict(data)
 
 
 def test_machine_file_unreadable(tmp_path):
     with pytest.raises(InputError, match="cannot read machine file"):
-        machine_mod.load(tmp_path / "nope.json")
+        machine_file.load(tmp_path / "nope.json")
     with pytest.raises(InputError, match="is a directory"):
-        machine_mod.load(tmp_path)
+        machine_file.load(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="invalid JSON at line 1"):
-        machine_mod.load(bad)
+        machine_file.load(bad)

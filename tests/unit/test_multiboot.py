@@ -9,16 +9,17 @@ import struct
 import pytest
 
 from pykexec import __version__, images
-from pykexec import machine as machine_mod
+from pykexec import machine_file
 from pykexec.errors import ImageFormatError, PlacementError
-from pykexec.images import LoadRequest, Module, multiboot
+from pykexec.images import multiboot
+from pykexec.request import LoadRequest, Module
 from pykexec.layouts import multiboot as mb1
-from pykexec.plan import validate
+from pykexec.backends.linux import check_segments
 
 from support.synth_images import MACHINE_1G
 from support.multiboot_synth import elf32, image_body, mb1_header, xen_like
 
-MACHINE = machine_mod.from_dict(MACHINE_1G)
+MACHINE = machine_file.from_dict(MACHINE_1G)
 
 
 def request(kernel: bytes, *, machine=MACHINE, path: str = "xen", **kw) -> LoadRequest:
@@ -65,7 +66,7 @@ def test_video_mode_is_refused():
 
 
 def test_mbi_bytes_exact():
-    small = machine_mod.from_dict({"memory": [
+    small = machine_file.from_dict({"memory": [
         {"start": "0x0", "end": "0xfff", "type": "Reserved"},
         {"start": "0x1000", "end": "0x9fbff", "type": "System RAM"},
         {"start": "0x100000", "end": "0x7ffffff", "type": "System RAM"},
@@ -101,7 +102,7 @@ def test_xen_as_multiboot1_stays_out_of_low_memory():
     """kexec-tools put this plan's memory map at physical 0, over the IVT and BDA."""
     mods = [Module("vmlinuz", b"K" * 300000, "vmlinuz root=/dev/sda ro")]
     plan = multiboot.plan(request(xen_like(), cmdline="console=com1", modules=mods))
-    validate(plan, MACHINE)
+    check_segments(plan, MACHINE)
     for s in plan.segments:
         assert 0x100000 <= s.mem and s.mem + s.memsz <= 1 << 32, s
     segs = {s.role: s for s in plan.segments}

@@ -7,22 +7,24 @@ import ctypes
 import gzip
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
 from pykexec import __version__, cli, images
-from pykexec import machine as machine_mod
+from pykexec import machine_file
 from pykexec.errors import ImageFormatError, PlacementError, UsageError
-from pykexec.images import LoadRequest, Module, multiboot2, multiboot_common
+from pykexec.images import multiboot2, multiboot_common
+from pykexec.request import LoadRequest, Module
 from pykexec.layouts import multiboot2 as mb2
-from pykexec.plan import validate
+from pykexec.backends.linux import check_segments
 
 from support.synth_images import MACHINE_1G, make_elf_vmlinux
 from support.multiboot_synth import XEN_LINK, elf32, htag, image_body, mb2_elf, mb2_header, rsdp_v2, xen_like
 
-MACHINE = machine_mod.from_dict(MACHINE_1G)
+MACHINE = machine_file.from_dict(MACHINE_1G)
 # A small BIOS machine for exact bytes: 639 KiB low, 127 MiB from 1 MiB, ACPI and NVS.
-SMALL = machine_mod.from_dict({"memory": [
+SMALL = machine_file.from_dict({"memory": [
     {"start": "0x0", "end": "0x9fbff", "type": "System RAM"},
     {"start": "0x9fc00", "end": "0x9ffff", "type": "Reserved"},
     {"start": "0xf0000", "end": "0xfffff", "type": "Reserved"},
@@ -222,7 +224,7 @@ def test_mbi_bytes_exact():
 
 
 def test_mbi_memory_types_and_acpi_tags(monkeypatch):
-    machine = machine_mod.from_dict({"memory": [
+    machine = machine_file.from_dict({"memory": [
         {"start": "0x1000", "end": "0x9ffff", "type": "System RAM"},
         {"start": "0x100000", "end": "0x3fffffff", "type": "System RAM"},
         {"start": "0x40000000", "end": "0x40ffffff", "type": "Persistent Memory"},
@@ -252,7 +254,7 @@ def test_rsdp_validation():
     assert multiboot_common.valid_rsdp(bytes(broken)) is None
     assert multiboot_common.valid_rsdp(b"RSD PTX" + bytes(29)) is None
     # A --machine file gives an address only: no bytes, no ACPI tags.
-    assert multiboot_common.rsdp_bytes(machine_mod.from_dict({**MACHINE_1G, "acpi_rsdp": "0xf5a10"})) is None
+    assert multiboot_common.rsdp_bytes(machine_file.from_dict({**MACHINE_1G, "acpi_rsdp": "0xf5a10"})) is None
 
 
 # --- placement ---------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def _segments(plan):
 def test_xen_like_plan_relocates_high_and_keeps_out_of_low_memory():
     mods = [Module("vmlinuz", b"K" * 300000, "vmlinuz root=/dev/sda ro"), Module("initrd", b"I" * 100000, "initrd")]
     plan = multiboot2.plan(request(xen_like(), cmdline="console=com1 dom0_mem=1G", modules=mods))
-    validate(plan, MACHINE)
+    check_segments(plan, MACHINE)
     kernel = _segments(plan)["kernel"]
     assert kernel.mem == 0x3FE00000  # highest 2 MiB-aligned spot below the end of RAM
     assert plan.kernel_entry == 0x3FE00000
@@ -316,7 +318,7 @@ def test_relocation_respects_max_addr_and_reports_no_room():
 
 
 def test_everything_stays_below_4g_and_above_1m_on_a_big_machine():
-    big = machine_mod.from_dict({"memory": [
+    big = machine_file.from_dict({"memory": [
         {"start": "0x0", "end": "0x9ffff", "type": "System RAM"},
         {"start": "0x100000", "end": "0x7fffffff", "type": "System RAM"},
         {"start": "0x100000000", "end": "0x47fffffff", "type": "System RAM"},

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from pykexec import cli, xen_crash_efi
-from pykexec import machine as machine_mod
+from pykexec import machine_file
 from pykexec.errors import ImageFormatError, PlanError
-from pykexec.images import LoadRequest
-from pykexec.plan import Segment
+from pykexec.request import LoadRequest
+from pykexec.plan import BACKEND_XEN, Segment
 
 from support.synth_images import make_bzimage
 from support.xenmodel.crash_efi import Rejected, XenSegment, accept
@@ -28,7 +28,7 @@ AREA = (0x40000000, 0x50000000)
 
 
 def machine(**extra):
-    return machine_mod.from_dict(dict(XEN_MACHINE, **extra))
+    return machine_file.from_dict(dict(XEN_MACHINE, **extra))
 
 
 def plan_for(image: bytes, initrd: bytes | None = b"initrd" * 1000):
@@ -79,7 +79,7 @@ def test_header_rules_are_the_models_rules():
         image[offset:offset + len(value)] = value
         segs = [Segment("kernel", good.segments[0].mem, good.segments[0].memsz, bytes(image))] + good.segments[1:]
         from pykexec.plan import LoadPlan
-        return LoadPlan("bzImage64", xen_crash_efi.BACKEND_XEN, crash=True, entry=good.entry, segments=segs)
+        return LoadPlan("bzImage64", BACKEND_XEN, crash=True, entry=good.entry, segments=segs)
 
     cases = [(0x202, b"XXXX", "no 'HdrS' magic"), (0x206, b"\x01\x02", "boot protocol >= 2.02"),
              (0x230, (0x300000).to_bytes(4, "little"), "multiple of 2 MiB")]
@@ -99,13 +99,13 @@ def test_misplaced_kernel_is_refused_by_both():
     data[0x1F1] = 15
     moved = [Segment("kernel", k.mem, k.memsz, bytes(data))] + good.segments[1:]
     from pykexec.plan import LoadPlan
-    plan = LoadPlan("bzImage64", xen_crash_efi.BACKEND_XEN, crash=True, entry=good.entry, segments=moved)
+    plan = LoadPlan("bzImage64", BACKEND_XEN, crash=True, entry=good.entry, segments=moved)
     with pytest.raises(PlanError, match="not a multiple of kernel_alignment"):
         xen_crash_efi.validate(plan, machine().crash_kernel)
     with pytest.raises(Rejected, match="not aligned"):
         accept(as_hypercall(plan), plan.entry, AREA)
     outside = [Segment("kernel", k.mem, k.memsz, k.data)] + good.segments[1:] + [Segment("x", 0x50000000, 0x1000)]
-    plan = LoadPlan("bzImage64", xen_crash_efi.BACKEND_XEN, crash=True, entry=good.entry, segments=outside)
+    plan = LoadPlan("bzImage64", BACKEND_XEN, crash=True, entry=good.entry, segments=outside)
     with pytest.raises(PlanError, match="outside the crash area"):
         xen_crash_efi.validate(plan, machine().crash_kernel)
     with pytest.raises(Rejected, match="outside the crash area"):

@@ -1,6 +1,8 @@
 """The Linux kexec syscalls through ctypes: kexec_load, kexec_file_load, unload,
-status, and reboot(LINUX_REBOOT_CMD_KEXEC). Kernel errors become one-line
-:class:`SyscallError` messages that say what to do."""
+status, and reboot(LINUX_REBOOT_CMD_KEXEC), and the two backends built on them
+(:class:`KexecLoad`, :class:`KexecFileLoad`). Kernel errors become one-line
+:class:`SyscallError` messages that say what to do; the kernel's segment rules are
+checked first, so that a refusal names the segment and the rule instead of EINVAL."""
 
 from __future__ import annotations
 
@@ -8,9 +10,14 @@ import ctypes
 import errno
 import os
 
-from pykexec.errors import KexecError, SyscallError
+from pykexec.errors import KexecError, PlanError, SyscallError
 from pykexec.layouts import kexec as abi
-from pykexec.plan import LoadPlan
+from pykexec.memory import PAGE_SIZE
+from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, LoadPlan
+
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from pykexec.machine import Machine
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -36,7 +43,7 @@ def _sysfs(path: str) -> str | None:
 
 
 def lockdown_state() -> str:
-    from pykexec.machine import parse_lockdown
+    from pykexec.probe import parse_lockdown
 
     return parse_lockdown(_sysfs("/sys/kernel/security/lockdown"))
 
@@ -86,7 +93,7 @@ def diagnose_einval(plan: LoadPlan, iomem: str | None = None, meminfo: str | Non
     """Which segment the kernel most likely refused, judged by its own view of memory
     (our plan was checked against the firmware's map, which can be larger). Trying the
     segments one by one would replace the image loaded before: not an option."""
-    from pykexec.machine import parse_iomem
+    from pykexec.probe import parse_iomem
 
     segs = plan.sorted_segments()
     try:
@@ -186,3 +193,84 @@ def execute() -> None:
                 ctypes.c_uint(abi.LINUX_REBOOT_CMD_KEXEC), ctypes.c_void_p(None))
     raise SyscallError(explain(err or errno.EIO, "reboot(LINUX_REBOOT_CMD_KEXEC)"), err, "reboot")
 
+
+
+def check_segments(plan: LoadPlan, machine: Machine) -> None:
+    """Refuse a plan the kernel would refuse (kernel/kexec_core.c sanity_check_segment_list),
+    with the segment and the rule named."""
+    segs = plan.sorted_segments()
+    if not segs:
+        raise PlanError("the plan has no segments", segs)
+    if len(segs) > abi.KEXEC_SEGMENT_MAX:
+        raise PlanError(f"{len(segs)} segments, the kernel accepts at most {abi.KEXEC_SEGMENT_MAX}", segs)
+    ram = machine.memory
+    for s in segs:
+        name = f"{s.role} segment at {s.mem:#x}"
+        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
+            raise PlanError(f"{name}: address and size must be page aligned (memsz {s.memsz:#x})", segs)
+        if s.bufsz > s.memsz:
+            raise PlanError(f"{name}: buffer ({s.bufsz:#x}) is larger than memsz ({s.memsz:#x})", segs)
+        if not ram.is_ram(s.range):
+            raise PlanError(f"{name}: {s.range} is not inside System RAM", segs)
+        if plan.crash and machine.crash_kernel and not machine.crash_kernel.contains(s.range):
+            raise PlanError(f"{name}: {s.range} is outside the crash kernel region {machine.crash_kernel}", segs)
+    for a, b in zip(segs, segs[1:]):
+        if a.range.overlaps(b.range):
+            raise PlanError(f"{a.role} segment {a.range} overlaps {b.role} segment {b.range}", segs)
+    if plan.entry is None or not any(s.range.contains(plan.entry) for s in segs):
+        raise PlanError(f"entry point {plan.entry} is not inside any segment", segs)
+    total = sum(s.memsz for s in segs)
+    ram_total = sum(r.size for r in ram.ram())
+    if not plan.crash and total > ram_total // 2:
+        raise PlanError(f"segments need {total >> 20} MiB, more than half of RAM ({ram_total >> 20} MiB): "
+                        "the kernel refuses that", segs)
+
+
+class KexecLoad:
+    """kexec_load: our segments, entered through our purgatory."""
+
+    name = BACKEND_KEXEC_LOAD
+
+    def check(self, plan: LoadPlan, machine: Machine) -> None:
+        check_segments(plan, machine)
+
+    def load(self, plan: LoadPlan) -> None:
+        kexec_load(plan)
+
+    def unload(self, crash: bool) -> None:
+        unload(crash, use_file_syscall=False)
+
+    def is_loaded(self, crash: bool) -> bool:
+        return is_loaded(crash)
+
+    def execute(self) -> None:
+        execute()
+
+
+class KexecFileLoad:
+    """kexec_file_load: the kernel reads the files, checks signatures and places
+    everything itself; the plan holds only what we hand it."""
+
+    name = BACKEND_KEXEC_FILE_LOAD
+
+    def check(self, plan: LoadPlan, machine: Machine) -> None:
+        if plan.file_inputs is None:
+            raise PlanError("a kexec_file_load plan names the files the kernel reads (no file inputs given)")
+
+    def load(self, plan: LoadPlan) -> None:
+        """Raises :class:`SyscallError` carrying the errno, from which -a decides to fall back."""
+        fi = plan.file_inputs
+        if fi is None:
+            raise PlanError("a kexec_file_load plan names the files the kernel reads (no file inputs given)")
+        err = kexec_file_load(fi.kernel, fi.initrd, fi.cmdline, plan.crash)
+        if err:
+            raise SyscallError(explain(err, "kexec_file_load"), err, "kexec_file_load")
+
+    def unload(self, crash: bool) -> None:
+        unload(crash, use_file_syscall=True)
+
+    def is_loaded(self, crash: bool) -> bool:
+        return is_loaded(crash)
+
+    def execute(self) -> None:
+        execute()

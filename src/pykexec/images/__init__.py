@@ -3,68 +3,12 @@
 
 from __future__ import annotations
 
-import os
-from collections import namedtuple
-from collections.abc import Callable
-
 from pykexec.errors import ImageFormatError, UsageError
-from pykexec.machine import Machine
-from pykexec.plan import LoadPlan
-
-
-class Module(namedtuple("Module", "path data cmdline")):
-    """A multiboot module from ``--module="FILE ARGS"``: ``cmdline`` is the whole
-    string, file name first, as boot loaders pass it (Xen skips the first word)."""
-
-    __slots__ = ()
-    path: str
-    data: bytes
-    cmdline: str
-
-
-class LoadRequest:
-    """Everything a loader needs, already read and checked by the caller. ``kernel``
-    is decompressed already (see :func:`decompress`)."""
-
-    def __init__(self, kernel_path: str | os.PathLike[str], kernel: bytes, machine: Machine, *,
-                 cmdline: str = "", initrd_path: str | os.PathLike[str] | None = None,
-                 initrd: bytes | None = None, crash: bool = False, mem_min: int = 0,
-                 mem_max: int = (1 << 64) - 1, backend: str = "kexec_load", purgatory_console: int = 0,
-                 memmap_cmdline: bool = False, modules: list[Module] | None = None) -> None:
-        if mem_min > mem_max:  # the CLI checks too; a library caller would get a ValueError from Range
-            raise UsageError(f"--mem-min {mem_min:#x} is above --mem-max {mem_max:#x}")
-        self.kernel_path = kernel_path
-        self.kernel = kernel
-        self.machine = machine
-        self.cmdline = cmdline
-        self.initrd_path = initrd_path
-        self.initrd = initrd
-        self.crash = crash
-        self.mem_min = mem_min
-        self.mem_max = mem_max
-        self.backend = backend
-        # I/O port of the UART purgatory reports on (0: silent), set by -d.
-        self.purgatory_console = purgatory_console
-        # -p: describe the crash kernel's memory with memmap= options too.
-        self.memmap_cmdline = memmap_cmdline
-        self.modules = modules if modules is not None else []
-
-
-class ImageType(namedtuple("ImageType", "name probe plan usage file_load", defaults=(False,))):
-    """One row of the table. ``probe(data)`` returns None when the image is of this type,
-    else a short reason why not; ``plan(request)`` makes the LoadPlan; ``file_load``
-    says whether kexec_file_load can take the image on x86_64."""
-
-    __slots__ = ()
-    name: str
-    probe: Callable[[bytes], str | None]
-    plan: Callable[[LoadRequest], LoadPlan]
-    usage: str
-    file_load: bool
+from pykexec.images.image_type import ImageType
 
 
 def _table() -> list[ImageType]:
-    # Imported here: the loaders import plan/memory, which must not import this table.
+    # Imported on first use: the loaders cost imports a vmcore command does not need.
     from pykexec.images import bzimage, elf, multiboot, multiboot2
 
     # kexec-tools' x86_64 order: a Xen image (ELF32 with both headers) is Multiboot 2.

@@ -10,12 +10,22 @@ import ctypes
 from collections import namedtuple
 
 from pykexec.errors import ImageFormatError
-from pykexec.images import ImageType, LoadRequest
+from pykexec.images.image_type import ImageType
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
+from pykexec.layouts.elf import ELFMAG
 from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
 from pykexec.plan import LoadPlan, Segment
 
 MIN_PROTOCOL = 0x020C  # 2.12: xloadflags, 64-bit entry, ext_* fields
+
+#: The formats Linux's decompressor knows (lib/decompress.c), by the same two-byte
+#: magics: a bzImage's payload (the compressed vmlinux) starts with one, or it is an
+#: ELF (CONFIG_KERNEL_UNCOMPRESSED).
+COMPRESSION_MAGICS = {
+    b"\x1f\x8b": "gzip", b"\x1f\x9e": "gzip", b"BZ": "bzip2", b"\x5d\x00": "lzma", b"\xfd\x37": "xz",
+    b"\x89\x4c": "lzo", b"\x02\x21": "lz4", b"\x28\xb5": "zstd",
+}
 
 
 class BzImage(namedtuple("BzImage", "header setup_size data")):
@@ -52,8 +62,7 @@ def parse(data: bytes) -> BzImage:
         raise ImageFormatError("no 'HdrS' signature at offset 0x202")
     if hdr.boot_flag != bp.BOOT_FLAG:
         raise ImageFormatError(f"boot flag at 0x1fe is {hdr.boot_flag:#06x}, expected 0xaa55")
-    setup_sects = hdr.setup_sects or 4
-    setup_size = (setup_sects + 1) * bp.SECTOR_SIZE
+    setup_size = bp.setup_size(hdr)
     if setup_size >= len(data):
         raise ImageFormatError(f"setup_sects={hdr.setup_sects} puts the kernel beyond the end of the file")
     return BzImage(hdr, setup_size, data)
@@ -77,13 +86,47 @@ def probe(data: bytes) -> str | None:
     return None
 
 
-def plan(req: LoadRequest) -> LoadPlan:
-    why = probe(req.kernel)
+def _checked(data: bytes, what: str) -> BzImage:
+    """A 64-bit bzImage (:func:`probe`) whose file holds what its setup header declares:
+    the protected-mode kernel (syssize) and the payload (payload_offset/length, relative
+    to that kernel) inside the file, the payload in a format the kernel can decompress.
+    A header that leaves syssize or payload_length 0 states nothing to check; the file
+    may be longer than declared (a signed image carries its signature after it)."""
+    why = probe(data)
     if why is not None:
-        raise ImageFormatError(f"{req.kernel_path}: {why}")
+        raise ImageFormatError(f"{what}: {why}")
+    img = parse(data)
+    h, size = img.header, len(data)
+    kernel_end = img.setup_size + h.syssize * bp.SYSSIZE_UNIT if h.syssize else size
+    if kernel_end > size:
+        raise ImageFormatError(f"{what}: bzImage cut short: the setup header says {kernel_end} bytes, "
+                               f"the file has {size}")
+    if h.version < bp.PROTOCOL_PAYLOAD or not h.payload_length:
+        return img
+    start = img.setup_size + h.payload_offset
+    if start + h.payload_length > kernel_end:
+        raise ImageFormatError(f"{what}: the setup header puts the payload (payload_offset {h.payload_offset:#x}, "
+                               f"payload_length {h.payload_length:#x}) past the end of the "
+                               f"{kernel_end - img.setup_size:#x}-byte kernel")
+    head = data[start:start + len(ELFMAG)]
+    if head[:2] not in COMPRESSION_MAGICS and head != ELFMAG:
+        raise ImageFormatError(f"{what}: the payload at file offset {start:#x} starts with {head.hex()}: "
+                               f"neither a compression Linux decompresses "
+                               f"({', '.join(dict.fromkeys(COMPRESSION_MAGICS.values()))}) nor ELF")
+    return img
+
+
+def check_bzimage(data: bytes, what: str) -> bp.SetupHeader:
+    """What a bzImage load checks before any syscall, kexec_file_load's included (see
+    :func:`_checked`); raises ImageFormatError("WHAT: ...") in one line. Returns the setup
+    header, for :func:`pykexec.layouts.boot_params.check_cmdline`."""
+    return _checked(data, what).header
+
+
+def plan(req: LoadRequest) -> LoadPlan:
     from pykexec.linux_boot import PlacedKernel, plan_linux  # kexec_load only
 
-    img = parse(req.kernel)
+    img = _checked(req.kernel, str(req.kernel_path))
     h = img.header
 
     def place_kernel(alloc: Allocator) -> PlacedKernel:

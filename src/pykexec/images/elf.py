@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 
 from pykexec.errors import ImageFormatError
-from pykexec.images import ImageType, LoadRequest
+from pykexec.images.image_type import ImageType
+from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
 from pykexec.memory import PAGE_SIZE, Allocator, Range, align_down, align_up
 from pykexec.plan import LoadPlan, Segment

@@ -28,7 +28,8 @@ import ctypes
 from collections import namedtuple
 
 from pykexec.errors import ImageFormatError
-from pykexec.images import ImageType, LoadRequest
+from pykexec.images.image_type import ImageType
+from pykexec.request import LoadRequest
 from pykexec.images import multiboot_common as common
 from pykexec.layouts import multiboot2 as mb2
 from pykexec.plan import LoadPlan

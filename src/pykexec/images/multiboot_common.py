@@ -20,14 +20,14 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator
 
 from pykexec.errors import ImageFormatError, PlacementError, UsageError
-from pykexec.images import LoadRequest, Module
+from pykexec.request import LoadRequest, Module
 from pykexec.layouts import multiboot as mb1
 from pykexec.layouts import multiboot2 as mb2
 from pykexec.layouts.elf import ELFCLASS32, ELFCLASS64, ELFDATA2LSB, ELFMAG, EM_386, EM_X86_64, ET_EXEC
 from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
 from pykexec.machine import Machine
 from pykexec.memory import LOW_MEMORY_END, PAGE_SIZE, Allocator, MemoryMap, MemType, Range, align_down, align_up, merge
-from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
+from pykexec.plan import LoadPlan, Segment
 
 LAST_32BIT = 0xFFFFFFFF  # the last byte a 32-bit pointer reaches
 
@@ -347,7 +347,7 @@ def plan_multiboot(req: LoadRequest, type_name: str, image: ImageLoad, reloc: Re
     assert len(data) == info.size
 
     cmdline = image_cmdline(req).decode()
-    plan = LoadPlan(image_type=type_name, backend=BACKEND_KEXEC_LOAD, cmdline=cmdline, kernel_entry=image.entry)
+    plan = LoadPlan(image_type=type_name, backend=req.backend, cmdline=cmdline, kernel_entry=image.entry)
     plan.segments.extend(Segment("kernel", s, n, b) for s, n, b in image.chunks)
     plan.segments.extend(Segment("module", p.addr, align_up(len(p.module.data), PAGE_SIZE), p.module.data)
                          for p in modules)

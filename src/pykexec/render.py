@@ -1,4 +1,4 @@
-"""--dry-run: the plan as a readable table and memory map, or as JSON."""
+"""A plan for people (--dry-run, -d): a readable table and memory map, or JSON."""
 
 from __future__ import annotations
 

@@ -1,0 +1,91 @@
+"""What a load is asked to do, in two steps of the one-way flow:
+
+* :class:`KexecRequest` -- what a user (the command line, the kdump service, a Python
+  caller) asks for: files by path and the options of kexec-tools' command line;
+* :class:`LoadRequest` -- what an image loader receives once the core has read the
+  files, probed the machine and composed the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+from dataclasses import dataclass, field
+
+from pykexec.errors import UsageError
+from pykexec.plan import BACKEND_KEXEC_LOAD
+
+TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
+if TYPE_CHECKING:
+    from pykexec.machine import Machine
+
+SYSCALLS = ("auto", "file", "load")
+ADDRESS_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class KexecRequest:
+    """A load as a user asks for it. ``syscall``: ``"auto"`` (kexec_file_load, falling
+    back to kexec_load where allowed: kexec-tools' -a), ``"file"`` (-s) or ``"load"`` (-c);
+    in a Xen dom0 the hypervisor loads every image. ``modules`` are ``"FILE ARGS"``
+    strings as ``--module`` takes them. ``purgatory_console`` is the I/O port of the UART
+    purgatory reports on (0: silent)."""
+
+    kernel: str
+    initrd: str | None = None
+    append: str | None = None
+    reuse_cmdline: bool = False
+    modules: tuple[str, ...] = field(default=())
+    crash: bool = False
+    image_type: str | None = None
+    mem_min: int = 0
+    mem_max: int = ADDRESS_MAX
+    syscall: str = "auto"
+    xen_crash_efi: bool = False
+    pass_memmap_cmdline: bool = False
+    purgatory_console: int = 0
+
+    def __post_init__(self) -> None:
+        if self.syscall not in SYSCALLS:
+            raise UsageError(f"unknown syscall choice {self.syscall!r}; one of {', '.join(SYSCALLS)}")
+        if self.mem_min > self.mem_max:
+            raise UsageError(f"--mem-min {self.mem_min:#x} is above --mem-max {self.mem_max:#x}")
+
+
+class Module(namedtuple("Module", "path data cmdline")):
+    """A multiboot module from ``--module="FILE ARGS"``: ``cmdline`` is the whole
+    string, file name first, as boot loaders pass it (Xen skips the first word)."""
+
+    __slots__ = ()
+    path: str
+    data: bytes
+    cmdline: str
+
+
+class LoadRequest:
+    """Everything a loader needs, already read and checked by the caller. ``kernel``
+    is decompressed already (see :func:`pykexec.images.decompress`)."""
+
+    def __init__(self, kernel_path: str | os.PathLike[str], kernel: bytes, machine: Machine, *,
+                 cmdline: str = "", initrd_path: str | os.PathLike[str] | None = None,
+                 initrd: bytes | None = None, crash: bool = False, mem_min: int = 0,
+                 mem_max: int = ADDRESS_MAX, backend: str = BACKEND_KEXEC_LOAD, purgatory_console: int = 0,
+                 memmap_cmdline: bool = False, modules: list[Module] | None = None) -> None:
+        if mem_min > mem_max:  # a library caller would otherwise get a ValueError from Range
+            raise UsageError(f"--mem-min {mem_min:#x} is above --mem-max {mem_max:#x}")
+        self.kernel_path = kernel_path
+        self.kernel = kernel
+        self.machine = machine
+        self.cmdline = cmdline
+        self.initrd_path = initrd_path
+        self.initrd = initrd
+        self.crash = crash
+        self.mem_min = mem_min
+        self.mem_max = mem_max
+        # The backend chosen for this load: its name is the plan's.
+        self.backend = backend
+        # I/O port of the UART purgatory reports on (0: silent), set by -d.
+        self.purgatory_console = purgatory_console
+        # -p: describe the crash kernel's memory with memmap= options too.
+        self.memmap_cmdline = memmap_cmdline
+        self.modules = modules if modules is not None else []
