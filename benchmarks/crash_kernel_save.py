@@ -40,7 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.testbed import Assets, _copy_shared_libs, build_initramfs, run_guest_script
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.guest import run_guest_script
+from support.testbed.host import copy_shared_libs
 
 GUEST_MEMORY = "1G"  # run_guest_script's default too; the crash region is a quarter of it
 RESULT = "PYKEXEC-CKBENCH-RESULT"
@@ -135,7 +137,7 @@ def native_files(stage: Path) -> dict[str, Path]:
     mdf = shutil.which("makedumpfile") or shutil.which("makedumpfile", path="/usr/sbin:/sbin")
     if not mdf:
         raise SystemExit("makedumpfile not found on the host (apt-get install makedumpfile)")
-    missing = _copy_shared_libs([Path(mdf)], stage, [])
+    missing = copy_shared_libs([Path(mdf)], stage, [])
     if missing:
         raise SystemExit(f"ldd could not resolve every library of {missing}")
     (stage / "usr" / "bin").mkdir(parents=True, exist_ok=True)

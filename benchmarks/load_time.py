@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from support.testbed import Assets, run_guest_script
+from support.testbed.assets import Assets
+from support.testbed.guest import run_guest_script
 
 ARGS = "-l /boot/vmlinuz --initrd /boot/second.cpio.gz --append 'console=ttyS0 panic=-1 bench=1'"
 

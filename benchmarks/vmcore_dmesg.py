@@ -18,7 +18,7 @@ from pathlib import Path
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.printk import format_vmcore_dmesg, read_log
 
-from support.testbed import Assets
+from support.testbed.assets import Assets
 from support.vmcore_fixture import real_vmcore
 
 

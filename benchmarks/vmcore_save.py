@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pykexec.vmcore.kdump import KdumpFile
 
-from support.testbed import Assets
+from support.testbed.assets import Assets
 from support.vmcore_fixture import real_vmcore
 
 PYKEXEC = [sys.executable, "-m", "pykexec.vmcore.cli", "save"]

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from support.testbed import Assets, build_initramfs, run_guest_script
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.guest import run_guest_script
 
 KEXEC_CMDLINE = "console=ttyS0 panic=-1 demo=pykexec-was-here"
 # What the crash kernel runs: read the dump pykexec's elfcorehdr describes.

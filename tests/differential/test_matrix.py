@@ -18,7 +18,7 @@ from pykexec.backends.linux import check_segments
 
 from support.oracle import MachineSpec, MemoryRange, make_kcore, run_kexec_tools
 from support.oracle_segments import bzimage_payload, roles
-from support.testbed import Assets
+from support.testbed.assets import Assets
 
 LOW = MemoryRange(0x0, 0x9FBFF, "System RAM")
 RESERVED_LOW = (MemoryRange(0x9FC00, 0x9FFFF, "Reserved"), MemoryRange(0xF0000, 0xFFFFF, "Reserved"))

@@ -25,13 +25,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from support.testbed import (
-    Assets,
-    TestbedError,
-    _flock,
-    build_initramfs,
-    run_guest_script,
-)
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.cache import TestbedError, flock
+from support.testbed.guest import run_guest_script
 
 #: Kept on disk at once; each is a sparse file of up to ~850 MB.
 MAX_CACHED = 2
@@ -84,7 +80,7 @@ def real_vmcore(assets: Assets | None = None, kernel: str = "6.1", *, smp: int =
     out = vmcore_dir(assets) / f"vmcore-{release}-smp{smp}.elf"
     if out.exists():
         return out
-    with _flock(vmcore_dir(assets) / ".lock"):
+    with flock(vmcore_dir(assets) / ".lock"):
         if out.exists():
             return out
         _make(assets, kernel, smp, out, timeout)
@@ -189,7 +185,7 @@ def real_xen_vmcore(assets: Assets | None = None, *, smp: int = 1, timeout: floa
     out = vmcore_dir(assets) / f"xen-vmcore-{release}-smp{smp}.elf"
     if out.exists() and out.with_suffix(".log").exists():
         return out
-    with _flock(vmcore_dir(assets) / ".lock"):
+    with flock(vmcore_dir(assets) / ".lock"):
         if out.exists() and out.with_suffix(".log").exists():
             return out
         _make_xen(assets, smp, out, timeout)
@@ -206,7 +202,7 @@ def xen_vmcore_log(dump: Path) -> str:
 
 def _make_xen(assets: Assets, smp: int, out: Path, timeout: float) -> None:
     from support import xen
-    from support.testbed import run_qemu
+    from support.testbed.qemu import run_qemu
 
     xen.dom0_modules(assets)
     work = Path(tempfile.mkdtemp(prefix="mkxen-", dir=out.parent))

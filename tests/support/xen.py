@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from support.testbed import Assets, build_initramfs
+from support.testbed.assets import Assets, build_initramfs
 
 XEN_PACKAGE = "xen-hypervisor-4.17-amd64"
 DOM0_MARKER = "PYKEXEC-DOM0-UP"

@@ -1,4 +1,4 @@
-"""Fixtures for the QEMU end-to-end tests (see testbed.py).
+"""Fixtures for the QEMU end-to-end tests (see support/testbed).
 
 VM tests carry the ``vm`` marker; deselect them locally with ``-m "not vm"``.
 When ``CI`` is set, missing QEMU or assets make them fail, never skip.
@@ -14,7 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from support.testbed import Assets, TestbedError
+from support.testbed.assets import Assets
+from support.testbed.cache import TestbedError
 
 
 def _unavailable(reason: str) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.testbed import Assets
+from support.testbed.assets import Assets
 
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from support.testbed import Assets, GuestRun, run_guest_script
+from support.testbed.assets import Assets
+from support.testbed.guest import run_guest_script
+from support.testbed.qemu import GuestRun
 
 MBTEST_DIR = Path(__file__).resolve().parent / "mbtest"
 LINK_ADDR = 0x1000000

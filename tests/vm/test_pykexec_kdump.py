@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support.testbed import Assets, build_initramfs, run_guest_script
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.guest import run_guest_script
 
 CRASH_APPEND = "console=ttyS0 panic=-1 reset_devices"
 

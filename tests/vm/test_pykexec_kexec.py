@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from support.testbed import Assets, GuestRun, run_guest_script
+from support.testbed.assets import Assets
+from support.testbed.guest import run_guest_script
+from support.testbed.qemu import GuestRun
 
 
 def _load_and_exec(assets: Assets, vm_log_dir: Path, load: str, *, boot: str = "6.1",

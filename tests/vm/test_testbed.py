@@ -10,14 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from support.testbed import (
-    INIT_MARKER,
-    SECOND_KERNEL_MARKER,
-    Assets,
-    build_initramfs,
-    run_guest_script,
-    run_qemu,
-)
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.guest import run_guest_script
+from support.testbed.guest_init import INIT_MARKER, SECOND_KERNEL_MARKER
+from support.testbed.qemu import run_qemu
 
 KEXEC_APPEND = "console=ttyS0 panic=-1 MARKER=abc"
 

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.testbed import Assets, TestbedError
+from support.testbed.assets import Assets
+from support.testbed.cache import TestbedError
 from support.vmcore_fixture import (
     DOM0_DMESG_PREFIX,
     DOM0_KMSG_MARKER,

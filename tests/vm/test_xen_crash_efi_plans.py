@@ -11,7 +11,7 @@ import pytest
 
 from pykexec import cli
 
-from support.testbed import Assets
+from support.testbed.assets import Assets
 from support.xenmodel.crash_efi import XenSegment, accept
 
 XEN_MACHINE = {

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from support import xen
 from pykexec.layouts import xen as L
-from support.testbed import SCRIPT_EXIT_MARKER, Assets, GuestRun, run_qemu
+from support.testbed.assets import Assets
+from support.testbed.guest_init import SCRIPT_EXIT_MARKER
+from support.testbed.qemu import GuestRun, run_qemu
 
 XEN_ARGS = "console=com1 dom0_mem=768M crashkernel=256M@1G loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from support import xen
-from support.testbed import Assets, GuestRun, build_initramfs, run_qemu
+from support.testbed.assets import Assets, build_initramfs
+from support.testbed.qemu import GuestRun, run_qemu
 
 XEN_ARGS = "console=com1 dom0_mem=768M crashkernel=256M@1G loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from support import xen
-from support.testbed import Assets, GuestRun, run_guest_script
+from support.testbed.assets import Assets
+from support.testbed.guest import run_guest_script
+from support.testbed.qemu import GuestRun
 
 XEN_ARGS = "console=com1 dom0_mem=768M loglvl=all"
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"
