@@ -21,11 +21,11 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from pykexec.layouts import boot_params as bp
 from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_NOTE, pack_note
 
 from support.multiboot_synth import MB1_MAGIC, elf32, image_body, mb1_header, mb2_elf, htag, xen_like
-from support.synth_images import MACHINE_1G, make_bzimage, make_elf_vmlinux
+from support.synth_images import (MACHINE_1G, SIGNATURE, make_bzimage, make_elf_vmlinux,
+                                  make_kernel_shaped_bzimage, with_header_field)
 from support.vmcore_synth import (DIRECT_MAP, Memory, Region, base_vmcoreinfo, lockless_log, make_msgs,
                                   structured_log, write_core)
 
@@ -40,13 +40,9 @@ def _patch(data: bytes, offset: int, fmt: str, *values: int) -> bytes:
     return bytes(out)
 
 
-def _hdr(field: str) -> int:
-    """File offset of a setup-header field."""
-    return bp.SETUP_HEADER_OFFSET + getattr(bp.SetupHeader, field).offset
-
-
 def bzimage_cases(d: Path) -> list[Case]:
     good = make_bzimage(body=b"\x90" * 0x1000)
+    kernel_shaped = make_kernel_shaped_bzimage()
     files = {
         "bz-truncated-header": good[:0x210],
         "bz-truncated-after-setup": good[:5 * 512],
@@ -61,6 +57,10 @@ def bzimage_cases(d: Path) -> list[Case]:
         "bz-init-size-absurd": make_bzimage(init_size=0xFFFFFFFF),
         "bz-cmdline-size-8": make_bzimage(cmdline_size=8),
         "bz-fixed-address-outside-ram": make_bzimage(relocatable=0, pref_address=0x80000000),
+        "bz-cut-short": kernel_shaped[:0x1800],
+        "bz-payload-outside": with_header_field(kernel_shaped, "payload_length", 0x100000),
+        "bz-payload-bad-magic": make_kernel_shaped_bzimage(b"\0" * 0x1000),
+        "bz-kernel-shaped": kernel_shaped,
     }
     for name, data in files.items():
         (d / name).write_bytes(data)
@@ -80,6 +80,18 @@ def bzimage_cases(d: Path) -> list[Case]:
         ("bz-cmdline-size-8", DRY + ["-c", "--append", "console=ttyS0", "-l", "{dir}/bz-cmdline-size-8"],
          "command line"),
         ("bz-fixed-address-outside-ram", DRY + ["-c", "-l", "{dir}/bz-fixed-address-outside-ram"], "0x80000000"),
+        ("bz-cut-short", DRY + ["-c", "-l", "{dir}/bz-cut-short"],
+         f"bz-cut-short: bzImage cut short: the setup header says {len(kernel_shaped) - len(SIGNATURE)} bytes, "
+         "the file has 6144"),
+        ("bz-payload-outside", DRY + ["-c", "-l", "{dir}/bz-payload-outside"],
+         "payload_length 0x100000) past the end of the"),
+        ("bz-payload-bad-magic", DRY + ["-c", "-l", "{dir}/bz-payload-bad-magic"],
+         "starts with 00000000: neither a compression Linux decompresses"),
+        ("bz-cmdline-100k", DRY + ["-c", "--append", "x" * 100_000, "-l", "{dir}/bz-kernel-shaped"],
+         "command line is 100000 bytes; this kernel accepts at most 2047"),
+        ("bz-crash-cmdline-over", ["--dry-run", "--machine", "{dir}/crash-machine.json", "-c", "--append", "x" * 2040,
+                                   "-p", "{dir}/bz-kernel-shaped"],
+         "command line with the crash kernel's additions is"),
     ]
 
 

@@ -48,6 +48,35 @@ def make_bzimage(*, version: int = 0x020F, setup_sects: int = 4, body: bytes = b
     return bytes(setup) + body
 
 
+def with_header_field(image: bytes, field: str, value: int) -> bytes:
+    """``image`` with one setup-header field (of any width) set to ``value``."""
+    out = bytearray(image)
+    desc = getattr(bp.SetupHeader, field)
+    at = bp.SETUP_HEADER_OFFSET + desc.offset
+    out[at:at + desc.size] = value.to_bytes(desc.size, "little")
+    return bytes(out)
+
+
+#: A zstd frame's magic and some bytes: what Debian's 6.12 kernel carries as its payload.
+ZSTD_PAYLOAD = b"\x28\xb5\x2f\xfd" + bytes(0x1000)
+#: Where Debian's 6.1 and 6.12 kernels put their payload in the protected-mode part.
+PAYLOAD_OFFSET = 0x2CC
+#: What sbsign appends to a signed kernel, past the end syssize declares.
+SIGNATURE = b"S" * 1472
+
+
+def make_kernel_shaped_bzimage(payload: bytes = ZSTD_PAYLOAD, *, tail: bytes = SIGNATURE, **header: int) -> bytes:
+    """make_bzimage with the sizes a kernel build writes: syssize covers the protected-mode
+    part (payload and a 4-byte CRC, in 16-byte paragraphs) and payload_offset/length point
+    at the compressed vmlinux; ``tail`` follows (a signature)."""
+    body = b"\x90" * PAYLOAD_OFFSET + payload
+    body += bytes(-(len(body) + 4) % 16 + 4)
+    image = make_bzimage(body=body, **header)
+    image = with_header_field(image, "syssize", len(body) // bp.SYSSIZE_UNIT)
+    image = with_header_field(image, "payload_offset", PAYLOAD_OFFSET)
+    return with_header_field(image, "payload_length", len(payload)) + tail
+
+
 def make_elf_vmlinux(loads: list[tuple[int, bytes, int]], entry: int) -> bytes:
     """A minimal ELF64 x86_64 executable: loads are (paddr, file bytes, memsz)."""
     ehsize, phentsize = 64, 56

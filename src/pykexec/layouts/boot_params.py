@@ -1,4 +1,5 @@
-"""The x86 Linux boot protocol: setup header, boot_params ("zero page"), e820, setup_data.
+"""The x86 Linux boot protocol: setup header, boot_params ("zero page"), e820, setup_data,
+and the limits the setup header states (setup size, command line length).
 
 The one definition of these layouts in pykexec (see Linux's Documentation/arch/x86/boot.rst
 and zero-page.rst). Offsets are pinned by tests against known bytes.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import ctypes
 from ctypes import c_uint8 as u8, c_uint16 as u16, c_uint32 as u32, c_uint64 as u64
 
+from pykexec.errors import UsageError
+
 SETUP_HEADER_OFFSET = 0x1F1
 HDRS_MAGIC = 0x53726448  # "HdrS"
 BOOT_FLAG = 0xAA55
 SECTOR_SIZE = 512
+#: syssize counts the protected-mode kernel in 16-byte paragraphs.
+SYSSIZE_UNIT = 16
 STARTUP_64_OFFSET = 0x200  # 64-bit entry, relative to the protected-mode kernel's start
 
 # loadflags
@@ -26,6 +31,15 @@ XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
 XLF_EFI_HANDOVER_32 = 1 << 2
 XLF_EFI_HANDOVER_64 = 1 << 3
 XLF_EFI_KEXEC = 1 << 4
+
+# Protocol versions that added the fields checked here.
+PROTOCOL_CMDLINE_SIZE = 0x0206
+PROTOCOL_PAYLOAD = 0x0208
+#: The command line limit before cmdline_size existed (protocol < 2.06).
+OLD_CMDLINE_MAX = 255
+#: What Linux's kexec_file_load keeps free in cmdline_size for "elfcorehdr=0x<64-bit> "
+#: (MAX_ELFCOREHDR_STR_LEN in arch/x86/kernel/kexec-bzimage64.c), on every load.
+FILE_LOAD_ELFCOREHDR_RESERVE = 30
 
 LOADER_TYPE_KEXEC = 0xD0  # boot loader id 0xD ("kexec-tools"), version 0
 CL_MAGIC = 0xA33F
@@ -232,3 +246,35 @@ assert ctypes.sizeof(ScreenInfo) == 0x40
 assert ctypes.sizeof(BootParams) == 0x1000
 assert ctypes.sizeof(EfiSetupData) == 96
 assert ctypes.sizeof(EfiMemoryDesc) == 40
+
+
+def setup_size(header: SetupHeader) -> int:
+    """Bytes of real-mode setup (boot sector included) before the protected-mode kernel;
+    setup_sects 0 means 4, as the oldest kernels left it."""
+    return ((header.setup_sects or 4) + 1) * SECTOR_SIZE
+
+
+def cmdline_limit(header: SetupHeader, *, file_load: bool = False) -> int:
+    """The longest command line, without its NUL, this kernel takes: ``cmdline_size``
+    from protocol 2.06 on, 255 before. Through kexec_file_load, Linux counts the NUL
+    and keeps room for the elfcorehdr= it may prepend, even for a normal load."""
+    if header.version < PROTOCOL_CMDLINE_SIZE:
+        return OLD_CMDLINE_MAX
+    if file_load:
+        return max(0, header.cmdline_size - 1 - FILE_LOAD_ELFCOREHDR_RESERVE)
+    return int(header.cmdline_size)
+
+
+def check_cmdline(header: SetupHeader, cmdline: bytes, *, with_crash_additions: bool = False,
+                  file_load: bool = False) -> None:
+    """Refuse, before any syscall, a command line the kernel (and kexec-tools) would refuse:
+    longer than :func:`cmdline_limit`, or with a NUL inside. ``with_crash_additions`` says
+    that ``cmdline`` already carries what pykexec appends for a crash kernel."""
+    limit = cmdline_limit(header, file_load=file_load)
+    if len(cmdline) > limit:
+        what = " with the crash kernel's additions" if with_crash_additions else ""
+        how = (f" through kexec_file_load (cmdline_size {header.cmdline_size}, less the NUL and "
+               f"{FILE_LOAD_ELFCOREHDR_RESERVE} bytes kept for elfcorehdr=)") if file_load else ""
+        raise UsageError(f"command line{what} is {len(cmdline)} bytes; this kernel accepts at most {limit}{how}")
+    if b"\0" in cmdline:
+        raise UsageError("command line contains a NUL byte")
