@@ -156,7 +156,7 @@ XENSYM_PREFIX = "XENSYM: "
 
 _XEN_DOM0_BODY = f"""pykexec -p /boot/vmlinuz-6.1 --initrd /boot/crash.cpio.gz \\
     --append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices'; echo LOAD-RC=$?
-python3 -c 'from pykexec.backends.xen import XenKexec; x = XenKexec.open(); \\
+python3 -c 'from pykexec.backends.xen.kexec_op import XenKexec; x = XenKexec.open(); \\
 print("LOAD-XEN-PHYS-START=%#x" % x.xen_phys_start())'
 grep -E '[ #](conring|conring_size|conringp|conringc)$' /proc/xen/xensyms | sed 's/^/{XENSYM_PREFIX}/'
 echo {DOM0_KMSG_MARKER} > /dev/kmsg

@@ -27,11 +27,13 @@ RESULT = "PYKEXEC-XEN-RESULT"
 
 PROBE = rb'''
 import errno, json, os
-from pykexec.backends import xen as X
+from pykexec.backends.xen.detect import xen_guest_type, xen_pv_dom0
+from pykexec.backends.xen.kexec_op import HypercallError, XenKexec
+from pykexec.backends.xen.state import state_path
 from pykexec.layouts import xen as L
 
-out = {"pv_dom0": X.xen_pv_dom0(), "guest_type": X.xen_guest_type()}
-with X.XenKexec.open() as x:
+out = {"pv_dom0": xen_pv_dom0(), "guest_type": xen_guest_type()}
+with XenKexec.open() as x:
     out["crash"] = list(x.crash_area())
     out["xen"] = list(x.xen_image_range())
     out["xen_phys_start"] = x.xen_phys_start()
@@ -44,14 +46,14 @@ with X.XenKexec.open() as x:
     try:
         x.get_range(L.KEXEC_RANGE_MA_XENHEAP)
         out["xenheap_error"] = None
-    except X.HypercallError as e:
+    except HypercallError as e:
         out["xenheap_error"] = [e.errno, str(e)]
     # Xen 4.17's status flips on every unload, even of nothing; our record does not.
     out["status_before"] = x.status(L.KEXEC_TYPE_CRASH)
     x.unload(L.KEXEC_TYPE_CRASH)
     out["status_after_unload"] = x.status(L.KEXEC_TYPE_CRASH)
     out["is_loaded"] = x.is_loaded(L.KEXEC_TYPE_CRASH)
-    out["state_file"] = open(X.state_path(L.KEXEC_TYPE_CRASH)).read().split()[1]
+    out["state_file"] = open(state_path(L.KEXEC_TYPE_CRASH)).read().split()[1]
     with x.privcmd.buffer(4096) as b:
         out["small_buffer"] = b.kind
     with x.privcmd.buffer(8 << 20) as b:

@@ -40,7 +40,7 @@ print("CRASH-CPUS=%d" % len(info["cpus"]))
 EOF
 """
 
-XEN_PHYS_START = ("python3 -c 'from pykexec.backends.xen import XenKexec; x = XenKexec.open(); "
+XEN_PHYS_START = ("python3 -c 'from pykexec.backends.xen.kexec_op import XenKexec; x = XenKexec.open(); "
                   "print(\"LOAD-XEN-PHYS-START=%#x\" % x.xen_phys_start())'")
 
 

@@ -40,7 +40,7 @@ KEXEC_CMD_kexec_unload_v1 = 2
 KEXEC_CMD_kexec_get_range = 3
 KEXEC_CMD_kexec_load = 4
 KEXEC_CMD_kexec_unload = 5
-KEXEC_CMD_kexec_status = 6  # Xen 4.9+; see backends/xen.py for its 4.17 bug
+KEXEC_CMD_kexec_status = 6  # Xen 4.9+; see backends/xen/state.py for its 4.17 bug
 
 KEXEC_CMD_NAMES = {
     KEXEC_CMD_kexec: "kexec", KEXEC_CMD_kexec_load_v1: "kexec_load_v1",
