@@ -26,15 +26,9 @@ from pykexec.layouts import boot_params as bp
 from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
 from pykexec.plan import LoadPlan, Segment
 
-KEXEC_TYPE_CRASH_EFI = 3
 MIN_PROTOCOL = 0x0202
 ALIGN_UNIT = 2 * MiB
 ALIGN_MAX = 16 * MiB
-
-
-def kern16_size(header: bp.SetupHeader) -> int:
-    """Bytes of real-mode setup before the protected-mode kernel, as Xen computes them."""
-    return ((header.setup_sects or 4) + 1) * bp.SECTOR_SIZE
 
 
 def check_header(header: bp.SetupHeader, what: str = "kernel") -> None:
@@ -48,8 +42,8 @@ def check_header(header: bp.SetupHeader, what: str = "kernel") -> None:
     if align % ALIGN_UNIT or not ALIGN_UNIT <= align <= ALIGN_MAX:
         raise ImageFormatError(f"{what}: CRASH_EFI needs kernel_alignment to be a multiple of 2 MiB between "
                                f"2 and 16 MiB; the image says {align:#x}")
-    if kern16_size(header) % PAGE_SIZE:
-        raise ImageFormatError(f"{what}: its {kern16_size(header):#x}-byte setup (setup_sects={header.setup_sects}) "
+    if bp.setup_size(header) % PAGE_SIZE:
+        raise ImageFormatError(f"{what}: its {bp.setup_size(header):#x}-byte setup (setup_sects={header.setup_sects}) "
                                "is not a whole number of pages, so the image cannot start on a page boundary "
                                "with its kernel aligned, and Xen reads the header from the start of the page")
 
@@ -61,14 +55,10 @@ def plan(req: LoadRequest) -> LoadPlan:
 
     if not req.crash:
         raise PlanError("the CRASH_EFI load type is for crash kernels (-p)")
-    why = bzimage.probe(req.kernel)
-    if why is not None:
-        raise ImageFormatError(f"{req.kernel_path}: {why}")
-    img = bzimage.parse(req.kernel)
-    h = img.header
+    h = bzimage.check_bzimage(req.kernel, str(req.kernel_path))
     check_header(h, str(req.kernel_path))
-    setup = kern16_size(h)
-    body = align_up(max(h.init_size, len(img.kernel)), PAGE_SIZE)
+    setup = bp.setup_size(h)
+    body = align_up(max(h.init_size, len(req.kernel) - setup), PAGE_SIZE)
 
     def place_kernel(alloc: Allocator) -> PlacedKernel:
         # The protected-mode start is aligned; the file's setup part sits right before it.
@@ -97,11 +87,11 @@ def validate(plan: LoadPlan, crash_area: Range | None) -> None:
         raise PlanError("CRASH_EFI: segment 0 must be the bzImage", segs)
     if crash_area is None:
         raise PlanError("CRASH_EFI: no crash area is reserved (Xen's crashkernel=)", segs)
-    image = bytes(segs[0].data[:0x26C])
-    header = bzimage.header_from_image(image) if len(image) >= 0x26C else bp.SetupHeader()
+    image = bytes(segs[0].data[:bp.SETUP_HEADER_END])
+    header = bzimage.header_from_image(image) if len(image) >= bp.SETUP_HEADER_END else bp.SetupHeader()
     check_header(header, "segment 0")
     dest = segs[0].mem
-    kernel_start = dest + kern16_size(header)
+    kernel_start = dest + bp.setup_size(header)
     if kernel_start % header.kernel_alignment:
         raise PlanError(f"CRASH_EFI: segment 0 at {dest:#x} puts the kernel at {kernel_start:#x}, not a multiple "
                         f"of kernel_alignment {header.kernel_alignment:#x}", segs)

@@ -48,14 +48,14 @@ class BzImage(namedtuple("BzImage", "header setup_size data")):
 def header_from_image(data: bytes) -> bp.SetupHeader:
     """The setup header as the image declares it: bytes 0x1f1 up to the end announced by
     the jump at 0x200 (older protocols have shorter headers; the rest stays zero)."""
-    end = min(0x202 + data[0x201], bp.SETUP_HEADER_OFFSET + ctypes.sizeof(bp.SetupHeader), len(data))
+    end = min(0x202 + data[0x201], bp.SETUP_HEADER_END, len(data))
     raw = data[bp.SETUP_HEADER_OFFSET:end]
     return bp.SetupHeader.from_buffer_copy(raw.ljust(ctypes.sizeof(bp.SetupHeader), b"\0"))
 
 
 def parse(data: bytes) -> BzImage:
     """Parse and check a bzImage's setup header; raises ImageFormatError naming the rule."""
-    if len(data) < 0x26C:
+    if len(data) < bp.SETUP_HEADER_END:
         raise ImageFormatError(f"too short for a bzImage ({len(data)} bytes)")
     hdr = header_from_image(data)
     if hdr.header != bp.HDRS_MAGIC:

@@ -242,6 +242,8 @@ class BootParams(_Packed):
 
 
 assert ctypes.sizeof(SetupHeader) == 0x7B
+#: Where the setup header (protocol 2.12+: all of SetupHeader) ends in the image, 0x26c.
+SETUP_HEADER_END = SETUP_HEADER_OFFSET + ctypes.sizeof(SetupHeader)
 assert ctypes.sizeof(ScreenInfo) == 0x40
 assert ctypes.sizeof(BootParams) == 0x1000
 assert ctypes.sizeof(EfiSetupData) == 96
