@@ -155,8 +155,7 @@ def dump_ranges(memory: MemoryMap, crash_region: Range) -> list[Range]:
 
 def backup_source(memory: MemoryMap) -> Range | None:
     """The RAM below 640 KiB that a pre-5.6 kernel may have used."""
-    low = [r.intersect(Range(0, BACKUP_END)) for r in memory.ram()]
-    low = [r for r in low if r]
+    low = [r for r in (ram.intersect(Range(0, BACKUP_END)) for ram in memory.ram()) if r is not None]
     return Range(low[0].start, low[-1].end) if low else None
 
 

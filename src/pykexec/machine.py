@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pykexec.memory import MemoryMap, Range
 
 
-class XenInfo(namedtuple("XenInfo", "version xen_start xen_end cpus", defaults=(None,) * 4)):
+class XenInfo(namedtuple("XenInfo", "version xen_start xen_end cpus", defaults=(None, None, None, None))):
     """The hypervisor we run under (filled in for Xen dom0 machines)."""
 
     __slots__ = ()

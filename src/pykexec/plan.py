@@ -76,8 +76,9 @@ class LoadPlan:
     def sorted_segments(self) -> list[Segment]:
         return sorted(self.segments, key=lambda s: s.mem)
 
-    def to_json(self) -> dict[str, object]:
-        segs: list[dict[str, object]]
+    def segment_docs(self) -> list[dict[str, str | None]]:
+        """The segments as handed over: address, sizes, role and digest, as strings."""
+        segs: list[dict[str, str | None]]
         if self.backend == BACKEND_KEXEC_FILE_LOAD and self.file_inputs is not None:
             # The kernel chooses the addresses; we can only describe what we hand it.
             fi = self.file_inputs
@@ -93,6 +94,9 @@ class LoadPlan:
             order = self.sorted_segments() if self.backend == BACKEND_KEXEC_LOAD else self.segments
             segs = [{"mem": hex(s.mem), "memsz": hex(s.memsz), "bufsz": hex(s.bufsz), "role": s.role,
                      "sha256": s.sha256.hex()} for s in order]
+        return segs
+
+    def to_json(self) -> dict[str, object]:
         return {
             "type": self.image_type,
             "backend": self.backend,
@@ -100,12 +104,12 @@ class LoadPlan:
             "entry": hex(self.entry) if self.entry is not None else None,
             "kernel_entry": hex(self.kernel_entry) if self.kernel_entry is not None else None,
             "cmdline": self.cmdline,
-            "segments": segs,
+            "segments": self.segment_docs(),
             "notes": list(self.notes),
         }
 
 
-def _file_seg(role: str, path: str | os.PathLike[str]) -> dict[str, object]:
+def _file_seg(role: str, path: str | os.PathLike[str]) -> dict[str, str | None]:
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:

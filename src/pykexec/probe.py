@@ -141,7 +141,7 @@ def secure_boot_enabled(boot_params: bytes | None) -> bool:
     if boot_params is not None and len(boot_params) > off and boot_params[off] in (2, 3):
         return boot_params[off] == 3
     var = _read_bytes("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
-    return bool(var) and var[-1] == 1
+    return var is not None and var[-1:] == b"\x01"
 
 
 def probe_xen_dom0() -> Machine:

@@ -13,7 +13,6 @@ def render_json(plan: LoadPlan) -> str:
 
 
 def render_text(plan: LoadPlan, machine: Machine) -> str:
-    doc = plan.to_json()
     lines = [f"image type: {plan.image_type}    backend: {plan.backend}"
              f"{'    (crash kernel)' if plan.crash else ''}"]
     if plan.entry is not None:
@@ -25,10 +24,10 @@ def render_text(plan: LoadPlan, machine: Machine) -> str:
     lines.append(f"command line: {plan.cmdline!r}")
     lines.append("")
     lines.append(f"{'role':<12} {'mem':<18} {'memsz':<11} {'bufsz':<11} sha256")
-    for seg in doc["segments"]:
+    for seg in plan.segment_docs():
         mem = seg["mem"] or "(kernel picks)"
         memsz = seg["memsz"] or "-"
-        lines.append(f"{seg['role']:<12} {mem:<18} {memsz:<11} {seg['bufsz']:<11} {seg['sha256'][:16]}")
+        lines.append(f"{seg['role']:<12} {mem:<18} {memsz:<11} {seg['bufsz']:<11} {(seg['sha256'] or '')[:16]}")
     if plan.backend == BACKEND_KEXEC_FILE_LOAD:
         lines.append("(kexec_file_load: the kernel parses the image and chooses addresses itself)")
     lines.append("")

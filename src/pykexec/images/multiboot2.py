@@ -84,7 +84,7 @@ def probe(data: bytes) -> str | None:
 
 def header_tags(data: bytes, offset: int, length: int) -> list[HeaderTag]:
     """The header's tags up to END, each checked to lie inside the header."""
-    tags = []
+    tags: list[HeaderTag] = []
     # probe checks the length against the file; the clamp keeps this safe on its own too.
     pos, end = offset + ctypes.sizeof(mb2.Header), min(offset + length, len(data))
     while True:
@@ -136,29 +136,31 @@ def read_requirements(data: bytes) -> Requirements:
     """Parse the header tags; refuse (naming the tag) what is required and unsupported."""
     offset, h = find_header(data)
     requests: dict[int, bool] = {}
-    address = entry = relocation = None
+    address: mb2.AddressTag | None = None
+    entry: int | None = None
+    relocation: common.Relocation | None = None
     for tag in header_tags(data, offset, h.header_length):
         layout = _TAG_STRUCT.get(tag.type)
         if layout is not None and tag.size < ctypes.sizeof(layout):
             raise ImageFormatError(f"Multiboot 2 header tag {tag.name} is {tag.size} bytes, "
                                    f"expected {ctypes.sizeof(layout)}")
-        body = layout.from_buffer_copy(data, tag.offset) if layout is not None else None
         if tag.type == mb2.HTAG_INFORMATION_REQUEST:
             count = (tag.size - ctypes.sizeof(mb2.HeaderTag)) // 4
             for i in range(count):
                 kind = int.from_bytes(data[tag.offset + 8 + 4 * i:tag.offset + 12 + 4 * i], "little")
                 requests[kind] = requests.get(kind, False) or not tag.optional
         elif tag.type == mb2.HTAG_ADDRESS:
-            address = body
+            address = mb2.AddressTag.from_buffer_copy(data, tag.offset)
         elif tag.type == mb2.HTAG_ENTRY_ADDRESS:
-            entry = body.entry_addr
+            entry = mb2.EntryAddressTag.from_buffer_copy(data, tag.offset).entry_addr
         elif tag.type == mb2.HTAG_RELOCATABLE:
+            body = mb2.RelocatableTag.from_buffer_copy(data, tag.offset)
             if body.min_addr > body.max_addr:
                 raise ImageFormatError(f"Multiboot 2 RELOCATABLE tag: min_addr {body.min_addr:#x} is above "
                                        f"max_addr {body.max_addr:#x}")
             relocation = common.Relocation(body.min_addr, body.max_addr, body.align, body.preference)
         elif tag.type == mb2.HTAG_CONSOLE_FLAGS:
-            if body.console_flags & mb2.CONSOLE_REQUIRED and not tag.optional:
+            if mb2.ConsoleFlagsTag.from_buffer_copy(data, tag.offset).console_flags & mb2.CONSOLE_REQUIRED and not tag.optional:
                 raise ImageFormatError("the image requires a console (Multiboot 2 CONSOLE_FLAGS tag, required "
                                        "flag set); pykexec describes none")
         elif tag.type == mb2.HTAG_MODULE_ALIGN:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
@@ -131,7 +132,7 @@ def check_relocations(elf: ELFFile) -> None:
     (link-time constants such as the blob size).
     """
     bad: list[str] = []
-    symtab = elf.get_section_by_name(".symtab")
+    symtab = _symtab(elf)
     for sec in elf.iter_sections():
         if sec.name in (".got", ".got.plt", ".plt", ".dynamic", ".interp"):
             bad.append(f"unexpected section {sec.name}")
@@ -154,8 +155,15 @@ def check_relocations(elf: ELFFile) -> None:
         raise BuildError("purgatory is not position independent:\n  " + "\n  ".join(bad))
 
 
-def _symbols(elf: ELFFile) -> dict[str, int]:
+def _symtab(elf: ELFFile) -> SymbolTableSection:
     symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        raise BuildError("purgatory has no symbol table (.symtab)")
+    return symtab
+
+
+def _symbols(elf: ELFFile) -> dict[str, int]:
+    symtab = _symtab(elf)
     wanted = ("hdr_", "params", "purgatory_entry", "stack_top", "__pyk_")
     return {
         sym.name: sym["st_value"]
