@@ -227,17 +227,23 @@ def main(argv: list[str]) -> int:
     """``pykexec doctor [--json]``: exit 1 when a check fails."""
     import sys
 
+    from pykexec.argv import Parser
     from pykexec.errors import UsageError, report
 
-    if any(a in ("-h", "--help") for a in argv):
-        sys.stdout.write("usage: pykexec doctor [--json]\n\nCheck whether this machine can kexec and kdump, "
-                         "and say what to change.\n")
+    parser = Parser(prog="pykexec doctor", add_help=False, allow_abbrev=False,
+                    description="Check whether this machine can kexec and kdump, and say what to change.",
+                    unknown_option="unknown doctor option {}")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    parser.add_argument("--json", action="store_true", help="the findings as JSON")
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        return report(err, "pykexec doctor")
+    if args.help:
+        sys.stdout.write(parser.format_help())
         return 0
-    bad = [a for a in argv if a != "--json"]
-    if bad:
-        return report(UsageError(f"unknown doctor option {bad[0]}"), "pykexec doctor")
     findings = run()
-    if "--json" in argv:
+    if args.json:
         import json
 
         sys.stdout.write(json.dumps([f._asdict() for f in findings], indent=2) + "\n")

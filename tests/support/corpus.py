@@ -274,6 +274,7 @@ def vmcore_cases(d: Path) -> list[Case]:
     (d / "vmcore-truncated-header").write_bytes(data[:40])
     (d / "vmcore-not-elf").write_bytes(b"NOTADUMP" + bytes(100))
     (d / "vmcore-phnum-beyond-file").write_bytes(_patch(data, 56, "<H", 0xFFF0))
+    (d / "vmcore-cut-short").write_bytes(data[:-0x800])  # the last PT_LOAD loses its end
     m2 = Memory.standard(buf_size=0x4000)
     _core_file(d / "vmcore-no-vmcoreinfo", m2, base_vmcoreinfo(), vmcoreinfo_note=False)
     # prb descriptors claiming 2**26 records and a 2 GiB text ring, in memory the dump lacks.
@@ -333,6 +334,7 @@ def vmcore_cases(d: Path) -> list[Case]:
         ("vmcore-missing-file", dmesg + ["{dir}/no-such-dump"], "no such file"),
         ("vmcore-crashtime-overflow", dmesg + ["-T", "{dir}/vmcore-crashtime-overflow"], "is out of range"),
         ("vmcore-directory", ["vmcore", "info", "{dir}/subdir"], "is a directory"),
+        ("vmcore-cut-short", ["vmcore", "info", "{dir}/vmcore-cut-short"], "vmcore-cut-short: cut short: PT_LOAD at"),
     ]
 
 

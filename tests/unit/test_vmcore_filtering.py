@@ -29,8 +29,10 @@ from test_vmcore_save_synth import (
 )
 
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, merge
+from pykexec.vmcore.filtering import Exclusion, excluded_pages
+from pykexec.vmcore.page_rules import KINDS
 from pykexec.vmcore.paging import PageTables
+from pykexec.vmcore.pfn_runs import merge
 
 SIZE_PAGE = 64
 

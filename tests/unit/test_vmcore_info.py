@@ -2,6 +2,7 @@
 
 import ctypes
 import json
+import struct
 from pathlib import Path
 
 from pykexec.layouts import elf as E
@@ -47,8 +48,6 @@ def test_info_errors(tmp_path: Path, capsys):
 
 
 def test_info_xen_section(tmp_path: Path, capsys):
-    import struct
-
     from pykexec.layouts import xen as X
 
     crash_info = struct.pack("<10Q", 4, 17, 0x7FD00000, 0, 0, 0, 0, 0, 0x7F800000, 0x12345000)
@@ -69,3 +68,25 @@ def test_info_xen_section(tmp_path: Path, capsys):
     xen = json.loads(capsys.readouterr().out)["xen"]
     assert xen["xen_phys_start"] == "0x7f800000" and xen["xen_phys_start_from"] == "pykexec note (load time)"
     assert "dom0_p2m_root" not in xen
+
+
+def test_info_on_a_dump_cut_short(tmp_path: Path, capsys):
+    """PT_LOADs past the end of the file (a copy stopped by a full disk): the description
+    first, then one stderr line naming the first PT_LOAD cut short, and exit 1."""
+    core = write_core(tmp_path / "core", Memory.standard(), "\n".join(base_vmcoreinfo()) + "\n")
+    data = core.read_bytes()
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    (phnum,) = struct.unpack_from("<H", data, 56)
+    loads = [E.PHDR64_FMT.unpack_from(data, phoff + i * E.PHDR64_FMT.size) for i in range(phnum)]
+    last = max((ph for ph in loads if ph[0] == E.PT_LOAD), key=lambda ph: ph[2])
+    offset, filesz = last[2], last[5]
+    cut = offset + filesz // 2
+    core.write_bytes(data[:cut])
+    said = (f"pykexec: {core}: cut short: PT_LOAD at offset {offset:#x} needs {offset + filesz} bytes, "
+            f"the file has {cut}\n")
+    assert cli.main(["info", str(core)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{core}: elf64 x86_64 dump, 2 PT_LOADs") and "vmcoreinfo:" in out and err == said
+    assert cli.main(["info", "--json", str(core)]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["osrelease"] == "6.1.0-synthetic" and err == said

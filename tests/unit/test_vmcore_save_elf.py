@@ -24,9 +24,10 @@ from test_vmcore_save_synth import NPAGES, PAGE, _free_pfns, machine, physical_m
 from support.vmcore_synth import Memory, base_vmcoreinfo, lockless_log, make_msgs, write_core
 
 from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_LOAD
-from pykexec.vmcore import save as S
+from pykexec.vmcore.cli import parse_save_args, save_command
+from pykexec.vmcore.elf_writer import ELF_GAP_PAGES, elf_header
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.save import ELF_GAP_PAGES, main, save
+from pykexec.vmcore.save import save
 
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
 
@@ -139,7 +140,7 @@ def test_truncated_source_is_flagged(tmp_path: Path, capfdbinary: pytest.Capture
     with open(src, "r+b") as f:
         f.truncate(src.stat().st_size - 600 * PAGE)
     dst = tmp_path / "out.elf"
-    assert main(["--format", "elf", str(src), str(dst)]) == 1
+    assert save_command(["--format", "elf", str(src), str(dst)]) == 1
     assert "INCOMPLETE" in capfdbinary.readouterr().err.decode()
     flags, table = phdrs(dst)
     assert flags == 1
@@ -149,23 +150,23 @@ def test_truncated_source_is_flagged(tmp_path: Path, capfdbinary: pytest.Capture
 
 def test_options(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     src, _ = machine(tmp_path)
-    assert main(["--format=bogus", str(src), str(tmp_path / "x")]) == 2
+    assert save_command(["--format=bogus", str(src), str(tmp_path / "x")]) == 2
     err = capfdbinary.readouterr().err.decode()
     assert "unknown format 'bogus'" in err
-    assert S.parse_args(["--format", "elf", "a", "b"]) == {"fmt": "elf", "src": "a", "dst": "b"}
+    assert parse_save_args(["--format", "elf", "a", "b"]) == {"fmt": "elf", "src": "a", "dst": "b"}
     dst = tmp_path / "out.elf"
-    assert main(["--format", "elf", str(src), str(dst)]) == 0
-    assert main(["--format", "elf", str(src), str(dst)]) == 2          # exists
+    assert save_command(["--format", "elf", str(src), str(dst)]) == 0
+    assert save_command(["--format", "elf", str(src), str(dst)]) == 2          # exists
     assert "exists" in capfdbinary.readouterr().err.decode()
-    assert main(["--format", "elf", "--force", str(src), str(dst)]) == 0
+    assert save_command(["--format", "elf", "--force", str(src), str(dst)]) == 0
 
 
 def test_pn_xnum_header() -> None:
     """65535+ program headers: e_phnum = PN_XNUM and a section header 0 follows them."""
-    hdr = S._elf_header(62, 70000, False)
+    hdr = elf_header(62, 70000, False)
     eh = EHDR64_FMT.unpack(hdr)
     assert eh[10] == 0xFFFF and eh[6] == 64 + 70000 * 56 and eh[12] == 1 and eh[11] == 64
-    hdr = S._elf_header(62, 3, True)
+    hdr = elf_header(62, 3, True)
     eh = EHDR64_FMT.unpack(hdr)
     assert eh[10] == 3 and eh[6] == 0 and eh[7] == 1
     assert struct.calcsize("<IIQQQQIIQQ") == 64 and shutil is not None

@@ -27,7 +27,8 @@ from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
 from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.kdump import KdumpFile
-from pykexec.vmcore.filtering import excluded_pages, merge, set_bits, subtract
+from pykexec.vmcore.filtering import excluded_pages
+from pykexec.vmcore.pfn_runs import merge, set_bits, subtract
 from pykexec.vmcore.save import save
 
 PAGE = 4096
@@ -382,8 +383,8 @@ def test_zstandard_that_does_not_load_is_named(tmp_path: Path) -> None:
     """An installed zstandard whose library is missing fails to import: one line that
     says so and offers zlib; nothing written."""
     src, _ = machine(tmp_path)
-    code = ("import sys; sys.modules['zstandard'] = None; from pykexec.vmcore.save import main; "
-            f"sys.exit(main(['-d', '17', {str(src)!r}, {str(tmp_path / 'd')!r}]))")
+    code = ("import sys; sys.modules['zstandard'] = None; from pykexec.vmcore.cli import main; "
+            f"sys.exit(main(['save', '-d', '17', {str(src)!r}, {str(tmp_path / 'd')!r}]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 1 and len(res.stderr.splitlines()) == 1, res.stderr
     assert "zstandard module, which does not load (" in res.stderr and "--compress zlib" in res.stderr
@@ -393,11 +394,11 @@ def test_zstandard_that_does_not_load_is_named(tmp_path: Path) -> None:
 def test_makedumpfile_spellings(tmp_path: Path) -> None:
     """A kdump configuration's `makedumpfile -c -d 31 SRC DST` works with the command
     swapped; -E writes ELF; lzo and snappy are refused in one line, nothing written."""
-    from pykexec.vmcore.save import parse_args
+    from pykexec.vmcore.cli import parse_save_args
 
     src, _ = machine(tmp_path)
-    assert parse_args(["-c", "-d", "31", "a", "b"]) == {"compress": "zlib", "dump_level": 31, "src": "a", "dst": "b"}
-    assert parse_args(["-z", "-E", "a", "b"]) == {"compress": "zstd", "fmt": "elf", "src": "a", "dst": "b"}
+    assert parse_save_args(["-c", "-d", "31", "a", "b"]) == {"compress": "zlib", "dump_level": 31, "src": "a", "dst": "b"}
+    assert parse_save_args(["-z", "-E", "a", "b"]) == {"compress": "zstd", "fmt": "elf", "src": "a", "dst": "b"}
     res = _cli("-c", "-d", "17", str(src), str(tmp_path / "z"))
     assert res.returncode == 0, res.stderr
     with KdumpFile(tmp_path / "z") as k:

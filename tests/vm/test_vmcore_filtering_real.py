@@ -28,9 +28,11 @@ from typing import Callable
 import pytest
 
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.filtering import KINDS, Exclusion, excluded_pages, merge
+from pykexec.vmcore.filtering import Exclusion, excluded_pages
 from pykexec.vmcore.kdump import KdumpFile
+from pykexec.vmcore.page_rules import KINDS
 from pykexec.vmcore.paging import PageTables
+from pykexec.vmcore.pfn_runs import merge
 from pykexec.vmcore.save import ram_runs
 
 PAGE = 4096

@@ -1,49 +1,97 @@
-"""``pykexec vmcore dmesg [options] PATH``: print the kernel log of a crash dump.
+"""``pykexec vmcore dmesg|info|save``: the command line of the dump tools.
 
 Entry point :func:`main` takes the arguments after ``vmcore``
 (``["dmesg", "-x", "/var/crash/vmcore"]``); ``python -m pykexec.vmcore.cli``
-does the same.  Without options the output is byte for byte what
-kexec-tools' ``vmcore-dmesg`` prints, except for two kinds of empty lines
-it prints that are not messages (the 3.5-5.9 end-of-buffer marker, 5.10+
-failed reservations; see :func:`pykexec.vmcore.printk.format_vmcore_dmesg`).
+does the same.  One argparse parser per command (:class:`pykexec.argv.Parser`),
+built only for the command that runs; every error is one line on stderr
+(:func:`pykexec.errors.report`).
 
-The options are parsed by hand rather than with argparse: importing
-argparse costs more than reading a dump's log, and this command is
-meant to be as quick as the C tool it replaces.
+``vmcore dmesg`` without options prints byte for byte what kexec-tools'
+``vmcore-dmesg`` prints, except for two kinds of empty lines it prints that are
+not messages (the 3.5-5.9 end-of-buffer marker, 5.10+ failed reservations; see
+:func:`pykexec.vmcore.printk.format_vmcore_dmesg`).  It is meant to be as quick
+as that C tool: it imports the ELF reader and the log decoder, never what
+``save`` needs (its writers, compressors and page filter).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from pykexec.errors import KexecError, UsageError, report
 
-USAGE = """\
-usage: pykexec vmcore dmesg [options] PATH
-       pykexec vmcore dmesg --xen [--xen-syms FILE] PATH
-       pykexec vmcore info [--json] PATH
-       pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [--level N] [-d LEVEL] [--force] SRC DST
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
-Print the kernel log (dmesg) recorded in an ELF crash dump such as /proc/vmcore.
+    from pykexec.argv import Parser
+    from pykexec.vmcore.dump_memory import DumpMemory
+
+#: Each command's usage lines and what it does, for its own help and ``pykexec vmcore --help``.
+COMMANDS = {
+    "dmesg": ("pykexec vmcore dmesg [-l LIST] [-x] [-T] [--show-caller] PATH\n"
+              "       pykexec vmcore dmesg --xen [--xen-syms FILE] PATH",
+              "print the kernel log of a dump, as kexec-tools' vmcore-dmesg does"),
+    "info": ("pykexec vmcore info [--json] PATH",
+             "what a dump holds: notes, each CPU's registers, VMCOREINFO, Xen's crash information"),
+    "save": ("pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [--level N] [-d LEVEL]\n"
+             "                           [--threads N] [-c|-z|-E] [--force] SRC DST",
+             "save a dump kdump-compressed (as makedumpfile -d 31 does) or as a filtered ELF core"),
+}
+
+DMESG_DESCRIPTION = """\
+Print the kernel log (dmesg) recorded in a crash dump such as /proc/vmcore.
 Output matches kexec-tools' vmcore-dmesg unless an option changes it.  In a dump
 of a Xen machine that is dom0's log (needs dom0's VMCOREINFO, saved when the crash
-kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring.
+kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring."""
 
-options:
-  -l, --level LIST   only these levels: comma-separated names
-                     (emerg,alert,crit,err,warn,notice,info,debug) or numbers 0-7
-  -x, --decode       prefix facility and level ("kern  :info  : ")
-  -T, --ctime        wall-clock times, from VMCOREINFO's CRASHTIME minus the
-                     last record's timestamp (about +-1 s)
-  --show-caller      show the thread [T<pid>] or CPU [C<n>] that logged each
-                     record (kernels with CONFIG_PRINTK_CALLER)
-  --xen              Xen dumps: the hypervisor's console ring (what xl dmesg
-                     shows) instead of dom0's log
-  --xen-syms FILE    the unstripped xen-syms of the dumped Xen, for the ring's
-                     symbols when they were not recorded at load time (implies --xen)
-  -h, --help         show this help
-"""
+INFO_DESCRIPTION = """\
+Describe a crash dump without debug symbols: its notes, each CPU's registers at the
+crash, the VMCOREINFO keys and, for a Xen machine, the hypervisor's crash information.
+A dump whose PT_LOADs run past the end of the file (cut short) is described, then
+named on stderr, and the exit status is 1."""
 
+SAVE_DESCRIPTION = """\
+Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
+kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
+By default (-d 31) zero, page-cache, user and free pages are left out, as
+makedumpfile -d 31 leaves them out; every other page is compressed.  Dumps
+of a Xen machine keep every non-zero page."""
+
+SAVE_EPILOG = """\
+A dump that stops early (read error, full disk) is kept, flagged incomplete
+in its header as makedumpfile does, and the exit status is 1."""
+
+
+def _parser(command: str, description: str, epilog: str | None = None) -> Parser:
+    """The parser of ``pykexec vmcore COMMAND``, with its -h/--help (as a flag: help is
+    printed by :func:`main`, not by argparse exiting)."""
+    from pykexec.argv import Parser
+
+    parser = Parser(prog=f"pykexec vmcore {command}", usage=COMMANDS[command][0], description=description,
+                    epilog=epilog, add_help=False, allow_abbrev=False,
+                    formatter_class=argparse.RawDescriptionHelpFormatter, unknown_option="unknown option {}")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    return parser
+
+
+def overview() -> str:
+    """``pykexec vmcore --help``: the commands, their usage lines and what each does."""
+    from pykexec.argv import Parser
+
+    parser = Parser(prog="pykexec vmcore", usage="\n       ".join(usage for usage, _ in COMMANDS.values()),
+                    description="Read and save Linux crash dumps (an ELF core such as /proc/vmcore, "
+                                "or a kdump-compressed file).",
+                    epilog="pykexec vmcore COMMAND --help shows the options of COMMAND.", add_help=False)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (_usage, summary) in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser.format_help()
+
+
+# -- dmesg ---------------------------------------------------------------------------------
 
 class DmesgOptions:
     """Parsed ``vmcore dmesg`` options (a plain class: dataclasses is slow to import)."""
@@ -60,72 +108,52 @@ class DmesgOptions:
         self.show_caller = show_caller
 
 
-def parse_dmesg_args(argv: list[str]) -> DmesgOptions | None:
+def dmesg_parser() -> Parser:
+    parser = _parser("dmesg", DMESG_DESCRIPTION)
+    parser.add_argument("-l", "--level", dest="levels", metavar="LIST",
+                        help="only these levels: comma-separated names "
+                             "(emerg,alert,crit,err,warn,notice,info,debug) or numbers 0-7")
+    parser.add_argument("-x", "--decode", action="store_true", help="prefix each record with its facility and level, as dmesg -x does")
+    parser.add_argument("-T", "--ctime", action="store_true",
+                        help="wall-clock times, from VMCOREINFO's CRASHTIME minus the last record's "
+                             "timestamp (about +-1 s)")
+    parser.add_argument("--show-caller", action="store_true",
+                        help="show the thread [T<pid>] or CPU [C<n>] that logged each record "
+                             "(kernels with CONFIG_PRINTK_CALLER)")
+    parser.add_argument("--xen", action="store_true",
+                        help="Xen dumps: the hypervisor's console ring (what xl dmesg shows) instead of dom0's log")
+    parser.add_argument("--xen-syms", metavar="FILE",
+                        help="the unstripped xen-syms of the dumped Xen, for the ring's symbols when they "
+                             "were not recorded at load time (implies --xen)")
+    parser.add_argument("operands", nargs="*", metavar="PATH",
+                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file")
+    return parser
+
+
+def parse_dmesg_args(argv: Sequence[str]) -> DmesgOptions | None:
     """Options of ``vmcore dmesg``; None when help was asked for."""
-    opts: dict[str, object] = {}
-    paths: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            paths += args
-            break
-        if arg in ("-h", "--help"):
-            return None
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name == "--level":
-                if not eq:
-                    if not args:
-                        raise UsageError("--level needs a value")
-                    value = args.pop(0)
-                opts["levels"] = value
-            elif name in ("--decode", "--ctime", "--show-caller", "--xen") and not eq:
-                opts[name[2:].replace("-", "_")] = True
-            elif name == "--xen-syms":
-                if not eq:
-                    if not args:
-                        raise UsageError("--xen-syms needs a file")
-                    value = args.pop(0)
-                if not value:
-                    raise UsageError("--xen-syms needs a file")
-                opts["xen_syms"] = value
-                opts["xen"] = True
-            else:
-                raise UsageError(f"unknown option {arg}")
-        elif arg.startswith("-") and arg != "-":
-            flags = arg[1:]
-            while flags:
-                c, flags = flags[0], flags[1:]
-                if c == "x":
-                    opts["decode"] = True
-                elif c == "T":
-                    opts["ctime"] = True
-                elif c == "h":
-                    return None
-                elif c == "l":
-                    if not flags:
-                        if not args:
-                            raise UsageError("-l needs a value")
-                        flags = args.pop(0)
-                    opts["levels"], flags = flags, ""
-                else:
-                    raise UsageError(f"unknown option -{c}")
-        else:
-            paths.append(arg)
-    if len(paths) != 1:
+    args = dmesg_parser().parse_anywhere(argv)
+    if args.help:
+        return None
+    if len(args.operands) != 1:
         raise UsageError("expected exactly one dump file (PATH)")
-    if opts.get("xen"):
-        clash = [o for o, k in (("-l/--level", "levels"), ("-x/--decode", "decode"), ("-T/--ctime", "ctime"),
-                                ("--show-caller", "show_caller")) if k in opts]
+    if args.xen_syms is not None:
+        if not args.xen_syms:
+            raise UsageError("--xen-syms needs a file")
+        args.xen = True
+    if args.xen:
+        clash = [name for name, given in (("-l/--level", args.levels is not None), ("-x/--decode", args.decode),
+                                          ("-T/--ctime", args.ctime), ("--show-caller", args.show_caller))
+                 if given]
         if clash:
             raise UsageError(f"{clash[0]} applies to a Linux log, not to Xen's console ring (--xen)")
-    return DmesgOptions(paths[0], **opts)  # type: ignore[arg-type]
+    return DmesgOptions(args.operands[0], levels=args.levels, decode=args.decode, ctime=args.ctime,
+                        show_caller=args.show_caller, xen=args.xen, xen_syms=args.xen_syms)
 
 
 def dmesg(opts: DmesgOptions) -> bytes:
     """The text ``vmcore dmesg`` prints for ``opts``."""
-    from pykexec.vmcore import open_dump
+    from pykexec.vmcore.open import open_dump
     from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
@@ -134,66 +162,186 @@ def dmesg(opts: DmesgOptions) -> bytes:
             from pykexec.vmcore.xen import xen_console_ring
 
             return xen_console_ring(core, opts.xen_syms)
-        source = core
+        source: DumpMemory = core
         if any(n.name == b"Xen" for n in core.notes):
             # A dump of a Xen machine: its "physical" addresses are machine addresses,
             # so dom0's log is read through dom0's page tables and p2m.
             from pykexec.vmcore.xen import dom0_memory, is_xen_dump
 
             if is_xen_dump(core.notes):
-                source = dom0_memory(core)  # type: ignore[assignment]
+                source = dom0_memory(core)
         log = read_log(source)
         boot = boot_time(log, source.require_vmcoreinfo().crashtime) if opts.ctime else None
         return format_log(log, levels=levels, decode=opts.decode, boot=boot,
                           show_caller=opts.show_caller)
 
 
-def info(argv: list[str]) -> str | None:
-    """The text ``vmcore info [--json] PATH`` prints; None when help was asked for."""
-    from pykexec.vmcore import info as info_mod
-    from pykexec.vmcore import open_dump
+# -- info ----------------------------------------------------------------------------------
 
-    if any(a in ("-h", "--help") for a in argv):
+def info_parser() -> Parser:
+    parser = _parser("info", INFO_DESCRIPTION)
+    parser.add_argument("--json", action="store_true", help="the description as JSON")
+    parser.add_argument("operands", nargs="*", metavar="PATH",
+                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file")
+    return parser
+
+
+def info(argv: Sequence[str]) -> tuple[str, str] | None:
+    """What ``vmcore info [--json] PATH`` prints, and "" or the one line saying the dump
+    is cut short; None when help was asked for."""
+    from pykexec.vmcore import info as info_mod
+    from pykexec.vmcore.open import open_dump
+
+    args = info_parser().parse_anywhere(argv)
+    if args.help:
         return None
-    as_json = "--json" in argv
-    rest = [a for a in argv if a != "--json"]
-    unknown = [a for a in rest if a.startswith("-") and a != "-"]
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]}")
-    if len(rest) != 1:
+    if len(args.operands) != 1:
         raise UsageError("expected exactly one dump file (PATH)")
-    with open_dump(rest[0]) as core:
+    with open_dump(args.operands[0]) as core:
         description = info_mod.describe(core)
-    if as_json:
+        cut_short = info_mod.cut_short(core)
+    if args.json:
         import json
 
-        return json.dumps(description, indent=2) + "\n"
-    return info_mod.render_text(description)
+        return json.dumps(description, indent=2) + "\n", cut_short
+    return info_mod.render_text(description), cut_short
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``pykexec vmcore SUBCOMMAND ...``; returns the exit status."""
+# -- save ----------------------------------------------------------------------------------
+
+class _Number(argparse.Action):
+    """An integer option whose error names the spelling given (``-d`` or ``--dump-level``).
+    ``base`` 0 takes 0x1f as well; ``positive`` wants plain digits, 1 or more."""
+
+    def __init__(self, *args: Any, base: int = 10, positive: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.base = base
+        self.positive = positive
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        text = str(values)
+        if self.positive:
+            if not text.isdigit() or int(text) < 1:
+                raise UsageError(f"{option_string} needs a positive number, not {text!r}")
+        try:
+            setattr(namespace, self.dest, int(text, self.base))
+        except ValueError:
+            raise UsageError(f"{option_string} needs a number, not {text!r}") from None
+
+
+class _NotWritten(argparse.Action):
+    """makedumpfile's -l (lzo) and -p (snappy): refused in one line that says what is written."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        name = "lzo" if option_string == "-l" else "snappy"
+        raise UsageError(f"{option_string} ({name}) is not written by pykexec: "
+                         "use -z (zstd, the default; smaller) or -c (zlib)")
+
+
+def save_parser() -> Parser:
+    parser = _parser("save", SAVE_DESCRIPTION, SAVE_EPILOG)
+    unset = argparse.SUPPRESS  # options not given stay out: save()'s defaults apply
+    parser.add_argument("--format", dest="fmt", metavar="FORMAT", default=unset,
+                        help="kdump (default) or elf: an uncompressed ELF core with the same pages, as "
+                             "makedumpfile -E writes (read by vmcore-dmesg, crash, gdb); left-out pages read as zeros")
+    parser.add_argument("--compress", metavar="KIND", default=unset,
+                        help="zstd (default), zlib (readable by older makedumpfile/crash builds without zstd) or none")
+    parser.add_argument("--level", action=_Number, metavar="N", default=unset,
+                        help="compression level: zstd -50 to 19 (default 1, as makedumpfile -z; negative levels "
+                             "are faster and larger), zlib 1 to 9 (default 1, as makedumpfile -c)")
+    parser.add_argument("-d", "--dump-level", action=_Number, base=0, metavar="N", default=unset,
+                        help="makedumpfile's dump level, the sum of what to leave out: 1 zero pages, 2 page cache, "
+                             "4 page cache with private data, 8 user data, 16 free pages; default 31, 0 keeps "
+                             "every page")
+    parser.add_argument("--threads", action=_Number, positive=True, metavar="N", default=unset,
+                        help="compression threads (default: one per CPU)")
+    parser.add_argument("-c", dest="compress", action="store_const", const="zlib", default=unset,
+                        help="makedumpfile's spelling of --compress zlib")
+    parser.add_argument("-z", dest="compress", action="store_const", const="zstd", default=unset,
+                        help="makedumpfile's spelling of --compress zstd")
+    parser.add_argument("-E", dest="fmt", action="store_const", const="elf", default=unset,
+                        help="makedumpfile's spelling of --format elf")
+    parser.add_argument("-l", "-p", action=_NotWritten, nargs=0, default=unset,
+                        help="makedumpfile's lzo and snappy: refused (pykexec writes zstd and zlib)")
+    parser.add_argument("-f", "--force", action="store_true", default=unset, help="overwrite DST if it exists")
+    parser.add_argument("operands", nargs="*", metavar="SRC DST",
+                        help="the dump to read (/proc/vmcore, an ELF core) and the file to write")
+    return parser
+
+
+def parse_save_args(argv: Sequence[str]) -> dict[str, object] | None:
+    """Options of ``vmcore save`` as keyword arguments of
+    :func:`pykexec.vmcore.save.save`; None for --help."""
+    opts = vars(save_parser().parse_anywhere(argv))
+    if opts.pop("help"):
+        return None
+    paths = opts.pop("operands")
+    if len(paths) != 2:
+        raise UsageError("expected SRC and DST")
+    opts["src"], opts["dst"] = paths
+    return opts
+
+
+def save_command(argv: Sequence[str]) -> int:
+    """``pykexec vmcore save ...``; returns the exit status (one line on stderr on failure)."""
+    from pykexec.vmcore import save as save_mod
+
+    try:
+        opts = parse_save_args(argv)
+        if opts is None:
+            sys.stdout.write(save_parser().format_help())
+            return 0
+        result = save_mod.save(**opts)  # type: ignore[arg-type]  # the keywords parse_save_args made
+    except KexecError as err:
+        return report(err, "pykexec vmcore save")
+    except KeyboardInterrupt:
+        sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
+        return 130
+    dst = str(opts["dst"])
+    if result.filter_note:
+        sys.stderr.write(f"pykexec: {result.filter_note}\n")
+    if result.incomplete:
+        sys.stderr.write(f"pykexec: {dst} is INCOMPLETE ({result.saved_pages} of "
+                         f"{result.ram_pages - sum(result.excluded.values())} pages saved): "
+                         f"{result.incomplete}\n")
+        return 1
+    if sys.stderr.isatty():
+        sys.stderr.write(save_mod.summary(result, dst))
+    return 0
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``pykexec vmcore COMMAND ...``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if not argv or argv[0] in ("-h", "--help"):
-            sys.stdout.write(USAGE)
+            sys.stdout.write(overview())
             return 0 if argv else 2
-        if argv[0] == "info":
-            out = info(argv[1:])
-            if out is None:
-                sys.stdout.write(USAGE)
+        command, args = argv[0], argv[1:]
+        if command == "save":
+            return save_command(args)
+        if command == "info":
+            shown = info(args)
+            if shown is None:
+                sys.stdout.write(info_parser().format_help())
                 return 0
-            sys.stdout.write(out)
-            return 0
-        if argv[0] == "save":
-            from pykexec.vmcore.save import main as save_main
+            text, cut_short = shown
+            sys.stdout.write(text)
+            if cut_short:
+                from pykexec.vmcore.errors import VmcoreError
 
-            return save_main(argv[1:])
-        if argv[0] != "dmesg":
-            raise UsageError(f"unknown vmcore command {argv[0]!r} (expected: dmesg, info or save)")
-        opts = parse_dmesg_args(argv[1:])
+                sys.stdout.flush()  # what could be read first, then why it is not all
+                raise VmcoreError(cut_short)
+            return 0
+        if command != "dmesg":
+            raise UsageError(f"unknown vmcore command {command!r} (expected: dmesg, info or save)")
+        opts = parse_dmesg_args(args)
         if opts is None:
-            sys.stdout.write(USAGE)
+            sys.stdout.write(dmesg_parser().format_help())
             return 0
         out = dmesg(opts)
     except KexecError as err:
