@@ -157,6 +157,11 @@ def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: B
     elif backend.name == "kexec_file_load":
         if not image.type.file_load:
             raise UsageError(f"kexec_file_load cannot load {image.type.name} images; use -c")
+        # The kernel parses the file itself: refuse here what it would refuse with a bare errno.
+        from pykexec.images.bzimage import check_bzimage
+        from pykexec.layouts.boot_params import check_cmdline
+
+        check_cmdline(check_bzimage(image.data, request.kernel), cmdline.encode(), file_load=True)
         result = LoadPlan(image_type=image.type.name, backend=backend.name, crash=request.crash, cmdline=cmdline,
                           file_inputs=FileLoadInputs(request.kernel, request.initrd, cmdline))
     else:

@@ -11,12 +11,13 @@ from collections.abc import Callable
 
 from pykexec import crash
 from pykexec.errors import PlacementError, UsageError
-from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
+from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.machine import Machine
-from pykexec.memory import GiB, MiB, PAGE_SIZE, Allocator, MemoryMap, Range, align_up
+from pykexec.memory import Allocator, GiB, MemoryMap, MiB, Range, align_up
 from pykexec.plan import LoadPlan, Segment
 from pykexec.purgatory import Purgatory, PurgatoryParams, Region as DigestRegion
+from pykexec.request import LoadRequest
 
 BELOW_4G = 4 * GiB - 1
 

@@ -11,8 +11,8 @@ from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 
 from pykexec.errors import PlacementError
+from pykexec.layouts.x86_paging import PAGE_SIZE
 
-PAGE_SIZE = 0x1000
 MiB = 1 << 20
 GiB = 1 << 30
 ADDR_MAX = (1 << 64) - 1  # last byte of the physical address space we talk about

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from pykexec.errors import ImageFormatError, PlacementError, PlanError
 from pykexec.images import bzimage
-from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
-from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.memory import Allocator, MiB, Range, align_up
 from pykexec.plan import LoadPlan, Segment
+from pykexec.request import LoadRequest
 
 MIN_PROTOCOL = 0x0202
 ALIGN_UNIT = 2 * MiB

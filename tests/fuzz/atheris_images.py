@@ -19,8 +19,8 @@ import atheris
 
 with atheris.instrument_imports():
     from pykexec import images, machine_file
-from pykexec.request import LoadRequest
     from pykexec.errors import KexecError
+    from pykexec.request import LoadRequest
     import pykexec.images.bzimage  # noqa: F401  (instrument the loaders, not only the table)
     import pykexec.images.elf  # noqa: F401
     import pykexec.images.multiboot  # noqa: F401

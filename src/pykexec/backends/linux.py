@@ -12,7 +12,7 @@ import os
 
 from pykexec.errors import KexecError, PlanError, SyscallError
 from pykexec.layouts import kexec as abi
-from pykexec.memory import PAGE_SIZE
+from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.plan import BACKEND_KEXEC_FILE_LOAD, BACKEND_KEXEC_LOAD, LoadPlan
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need

@@ -11,11 +11,12 @@ from collections import namedtuple
 
 from pykexec.errors import ImageFormatError
 from pykexec.images.image_type import ImageType
-from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
 from pykexec.layouts.elf import ELFMAG
-from pykexec.memory import MiB, PAGE_SIZE, Allocator, Range, align_up
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.memory import Allocator, MiB, Range, align_up
 from pykexec.plan import LoadPlan, Segment
+from pykexec.request import LoadRequest
 
 MIN_PROTOCOL = 0x020C  # 2.12: xloadflags, 64-bit entry, ext_* fields
 

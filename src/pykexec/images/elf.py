@@ -8,10 +8,11 @@ import io
 
 from pykexec.errors import ImageFormatError
 from pykexec.images.image_type import ImageType
-from pykexec.request import LoadRequest
 from pykexec.layouts import boot_params as bp
-from pykexec.memory import PAGE_SIZE, Allocator, Range, align_down, align_up
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.memory import Allocator, Range, align_down, align_up
 from pykexec.plan import LoadPlan, Segment
+from pykexec.request import LoadRequest
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:

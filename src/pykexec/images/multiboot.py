@@ -22,12 +22,12 @@ from __future__ import annotations
 import ctypes
 
 from pykexec.errors import ImageFormatError
-from pykexec.images.image_type import ImageType
-from pykexec.request import LoadRequest
 from pykexec.images import multiboot_common as common
+from pykexec.images.image_type import ImageType
 from pykexec.layouts import multiboot as mb1
 from pykexec.memory import align_up
 from pykexec.plan import LoadPlan
+from pykexec.request import LoadRequest
 
 NAME = "multiboot-x86"
 

@@ -28,11 +28,11 @@ import ctypes
 from collections import namedtuple
 
 from pykexec.errors import ImageFormatError
-from pykexec.images.image_type import ImageType
-from pykexec.request import LoadRequest
 from pykexec.images import multiboot_common as common
+from pykexec.images.image_type import ImageType
 from pykexec.layouts import multiboot2 as mb2
 from pykexec.plan import LoadPlan
+from pykexec.request import LoadRequest
 
 NAME = "multiboot2-x86"
 MAX_HEADER_TAGS = 512  # a 32 KiB header cannot hold more 8-byte tags than 4096; real ones have < 10

@@ -20,14 +20,14 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator
 
 from pykexec.errors import ImageFormatError, PlacementError, UsageError
-from pykexec.request import LoadRequest, Module
-from pykexec.layouts import multiboot as mb1
-from pykexec.layouts import multiboot2 as mb2
+from pykexec.layouts import multiboot as mb1, multiboot2 as mb2
 from pykexec.layouts.elf import ELFCLASS32, ELFCLASS64, ELFDATA2LSB, ELFMAG, EM_386, EM_X86_64, ET_EXEC
 from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
+from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.machine import Machine
-from pykexec.memory import LOW_MEMORY_END, PAGE_SIZE, Allocator, MemoryMap, MemType, Range, align_down, align_up, merge
+from pykexec.memory import LOW_MEMORY_END, Allocator, MemoryMap, MemType, Range, align_down, align_up, merge
 from pykexec.plan import LoadPlan, Segment
+from pykexec.request import LoadRequest, Module
 
 LAST_32BIT = 0xFFFFFFFF  # the last byte a 32-bit pointer reaches
 

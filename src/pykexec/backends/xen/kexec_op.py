@@ -29,7 +29,7 @@ from pykexec.backends.xen.rules import XenRange, check_load, type_name
 from pykexec.backends.xen.state import STATE_DIR, record_state, recorded_state
 from pykexec.errors import SyscallError
 from pykexec.layouts import xen as abi
-from pykexec.memory import PAGE_SIZE
+from pykexec.layouts.x86_paging import PAGE_SIZE
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ import os
 from pykexec.backends.xen.detect import XenEnvironmentError
 from pykexec.errors import KexecError
 from pykexec.layouts import xen as abi
-from pykexec.memory import PAGE_SIZE, align_up
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.memory import align_up
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:

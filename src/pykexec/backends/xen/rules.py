@@ -16,7 +16,8 @@ from collections import namedtuple
 from pykexec.errors import PlanError
 from pykexec.layouts import xen as abi
 from pykexec.layouts.elf import EM_X86_64
-from pykexec.memory import MiB, PAGE_SIZE, Range
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.memory import MiB, Range
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
