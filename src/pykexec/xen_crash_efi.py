@@ -24,7 +24,7 @@ from pykexec.images import bzimage
 from pykexec.layouts import boot_params as bp
 from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.memory import Allocator, MiB, Range, align_up
-from pykexec.plan import LoadPlan, Segment
+from pykexec.plan import BACKEND_XEN, LoadPlan, Segment
 from pykexec.request import LoadRequest
 
 MIN_PROTOCOL = 0x0202
@@ -56,6 +56,8 @@ def plan(req: LoadRequest) -> LoadPlan:
 
     if not req.crash:
         raise PlanError("the CRASH_EFI load type is for crash kernels (-p)")
+    if req.backend != BACKEND_XEN:
+        raise PlanError(f"the CRASH_EFI load type is Xen's: plan it for {BACKEND_XEN}, not {req.backend}")
     h = bzimage.check_bzimage(req.kernel, str(req.kernel_path))
     check_header(h, str(req.kernel_path))
     setup = bp.setup_size(h)
@@ -75,7 +77,6 @@ def plan(req: LoadRequest) -> LoadPlan:
     result = plan_linux(req, "bzImage64", h, place_kernel, kernel_memsz=setup + body, purgatory=False)
     result.notes.append("Xen load type CRASH_EFI (3): segment 0 is the whole signed bzImage, Xen enters "
                         f"it at {result.kernel_entry:#x} with RSI = boot_params ({result.entry:#x})")
-    validate(result, req.machine.crash_kernel)
     return result
 
 

@@ -426,8 +426,11 @@ def test_backend_maps_low_memory_for_purgatory_only() -> None:
 
 def test_backend_check_passes_good_plans() -> None:
     machine = xen_machine()
-    for crash, purgatory in ((True, True), (True, False), (False, True)):
+    for crash, purgatory in ((True, True), (False, True)):
         XenBackend().check(xen_plan(crash=crash, purgatory=purgatory), machine)
+    # Without purgatory a crash plan is CRASH_EFI: the series' rules apply too (segment 0 is a bzImage).
+    with pytest.raises(KexecError, match="CRASH_EFI needs a bzImage"):
+        XenBackend().check(xen_plan(crash=True, purgatory=False), machine)
 
 
 def test_backend_check_uses_the_machines_crash_area() -> None:

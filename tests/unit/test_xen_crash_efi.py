@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from pykexec import cli, xen_crash_efi
-from pykexec import machine_file
+from pykexec import cli, machine_file, xen_crash_efi
+from pykexec.backends.xen.backend import XenBackend
 from pykexec.errors import ImageFormatError, PlanError
-from pykexec.request import LoadRequest
 from pykexec.plan import BACKEND_XEN, Segment
+from pykexec.request import LoadRequest
 
 from support.synth_images import make_bzimage
 from support.xenmodel.crash_efi import Rejected, XenSegment, accept
@@ -32,7 +32,7 @@ def machine(**extra):
 
 
 def plan_for(image: bytes, initrd: bytes | None = b"initrd" * 1000):
-    return xen_crash_efi.plan(LoadRequest("vmlinuz", image, machine(), cmdline="console=ttyS0",
+    return xen_crash_efi.plan(LoadRequest("vmlinuz", image, machine(), cmdline="console=ttyS0", backend=BACKEND_XEN,
                                           initrd=initrd, crash=True))
 
 
@@ -52,6 +52,12 @@ def test_plan_passes_the_model(setup_sects, alignment):
     entry = accept(as_hypercall(plan), plan.entry, AREA)
     assert entry == plan.kernel_entry == segs[0].mem + (setup_sects + 1) * 512 + 0x200
     assert plan.cmdline.startswith("console=ttyS0 elfcorehdr=0x")
+    XenBackend().check(plan, machine())  # Xen's rules and the series' placement rules both hold
+
+
+def test_crash_efi_is_planned_for_xen_only():
+    with pytest.raises(PlanError, match="CRASH_EFI load type is Xen's"):
+        xen_crash_efi.plan(LoadRequest("vmlinuz", make_bzimage(setup_sects=7), machine(), crash=True))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -102,6 +108,8 @@ def test_misplaced_kernel_is_refused_by_both():
     plan = LoadPlan("bzImage64", BACKEND_XEN, crash=True, entry=good.entry, segments=moved)
     with pytest.raises(PlanError, match="not a multiple of kernel_alignment"):
         xen_crash_efi.validate(plan, machine().crash_kernel)
+    with pytest.raises(PlanError, match="not a multiple of kernel_alignment"):  # the one check the core calls
+        XenBackend().check(plan, machine())
     with pytest.raises(Rejected, match="not aligned"):
         accept(as_hypercall(plan), plan.entry, AREA)
     outside = [Segment("kernel", k.mem, k.memsz, k.data)] + good.segments[1:] + [Segment("x", 0x50000000, 0x1000)]

@@ -14,6 +14,7 @@ from pykexec.backends.xen.kexec_op import HypercallError, XenKexec
 from pykexec.backends.xen.rules import ARCH_PURGATORY, XenRange, XenSegment, check_load, with_low_memory_mapped
 from pykexec.errors import KexecError
 from pykexec.layouts import xen as abi
+from pykexec.plan import BACKEND_XEN
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
@@ -61,17 +62,22 @@ class XenBackend:
     that this is a PV dom0, opens privcmd); each call opens and closes its own.
     """
 
-    #: pykexec.plan.BACKEND_XEN, written out: plan imports machine, which imports this package.
-    name = "xen_kexec_op"
+    name = BACKEND_XEN
 
     def __init__(self, connect: Callable[[], XenKexec] = XenKexec.open) -> None:
         self._connect = connect
 
     def check(self, plan: LoadPlan, machine: Machine) -> None:
         """Xen's rules for kexec_load, applied before any hypercall; a crash plan must fit
-        the machine's crash area (Xen's crashkernel=)."""
+        the machine's crash area (Xen's crashkernel=); a CRASH_EFI plan must also keep the
+        series' placement rules (:func:`pykexec.xen_crash_efi.validate`)."""
         area = machine.crash_kernel
-        check_load(load_type(plan), ARCH_PURGATORY, xen_segments(plan), plan.entry or 0,
+        type_ = load_type(plan)
+        if type_ == abi.KEXEC_TYPE_CRASH_EFI:
+            from pykexec import xen_crash_efi  # its rules need the image loaders
+
+            xen_crash_efi.validate(plan, area)
+        check_load(type_, ARCH_PURGATORY, xen_segments(plan), plan.entry or 0,
                    XenRange(area.start, area.size) if area is not None and plan.crash else None)
 
     def load(self, plan: LoadPlan) -> None:
