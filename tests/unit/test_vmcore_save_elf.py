@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 from test_vmcore_save_synth import NPAGES, PAGE, _free_pfns, machine, physical_memory
-from support.vmcore_synth import Memory, base_vmcoreinfo, lockless_log, make_msgs, write_core
 
 from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_LOAD
 from pykexec.vmcore.cli import parse_save_args, save_command
 from pykexec.vmcore.elf_writer import ELF_GAP_PAGES, elf_header
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.save import save
+
+from support.vmcore_synth import Memory, base_vmcoreinfo, lockless_log, make_msgs, write_core
 
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
 

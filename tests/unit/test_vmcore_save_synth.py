@@ -21,15 +21,16 @@ import zlib
 from pathlib import Path
 
 import pytest
-from support.vmcore_synth import Memory, Region, write_core
 
 from pykexec.errors import UsageError
 from pykexec.layouts import kdump as L
 from pykexec.vmcore.errors import VmcoreError
-from pykexec.vmcore.kdump import KdumpFile
 from pykexec.vmcore.filtering import excluded_pages
+from pykexec.vmcore.kdump import KdumpFile
 from pykexec.vmcore.pfn_runs import merge, set_bits, subtract
 from pykexec.vmcore.save import save
+
+from support.vmcore_synth import Memory, Region, write_core
 
 PAGE = 4096
 NPAGES = 2048                      # 8 MiB of RAM
