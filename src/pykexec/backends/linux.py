@@ -226,7 +226,18 @@ def check_segments(plan: LoadPlan, machine: Machine) -> None:
                         "the kernel refuses that", segs)
 
 
-class KexecLoad:
+class _KexecSyscalls:
+    """What both Linux backends share: the kernel reports what is loaded, and reboot
+    starts it, whichever syscall loaded it."""
+
+    def is_loaded(self, crash: bool) -> bool:
+        return is_loaded(crash)
+
+    def execute(self) -> None:
+        execute()
+
+
+class KexecLoad(_KexecSyscalls):
     """kexec_load: our segments, entered through our purgatory."""
 
     name = BACKEND_KEXEC_LOAD
@@ -240,14 +251,8 @@ class KexecLoad:
     def unload(self, crash: bool) -> None:
         unload(crash, use_file_syscall=False)
 
-    def is_loaded(self, crash: bool) -> bool:
-        return is_loaded(crash)
 
-    def execute(self) -> None:
-        execute()
-
-
-class KexecFileLoad:
+class KexecFileLoad(_KexecSyscalls):
     """kexec_file_load: the kernel reads the files, checks signatures and places
     everything itself; the plan holds only what we hand it."""
 
@@ -268,9 +273,3 @@ class KexecFileLoad:
 
     def unload(self, crash: bool) -> None:
         unload(crash, use_file_syscall=True)
-
-    def is_loaded(self, crash: bool) -> bool:
-        return is_loaded(crash)
-
-    def execute(self) -> None:
-        execute()
