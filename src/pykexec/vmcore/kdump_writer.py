@@ -38,6 +38,7 @@ from pykexec.vmcore.pfn_runs import set_bits
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import ModuleType
 
     from pykexec.vmcore.dump_memory import DumpMemory
     from pykexec.vmcore.elfcore import ElfCore
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 # -- compression ---------------------------------------------------------------------------
 
-def _zstd() -> object:
+def _zstd() -> ModuleType:
     try:
         import zstandard
     except ImportError as err:
@@ -77,9 +78,9 @@ class PageCompressor:
             zstandard = _zstd()
             # Telling zstd the input is one page shrinks its tables: 4 KiB frames
             # compress about 1.5x faster at the same ratio.
-            params = zstandard.ZstdCompressionParameters.from_level(  # type: ignore[attr-defined]
+            params = zstandard.ZstdCompressionParameters.from_level(
                 level, source_size=4096, write_checksum=0, write_content_size=1)
-            self._cctx = zstandard.ZstdCompressor(compression_params=params)  # type: ignore[attr-defined]
+            self._cctx = zstandard.ZstdCompressor(compression_params=params)
         elif kind == "zlib" and self.threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -93,7 +94,7 @@ class PageCompressor:
             # A list of page views: zstandard spreads a list over its threads (one
             # BufferWithSegments would go to a single thread).
             view = memoryview(buf)
-            return self._cctx.multi_compress_to_buffer(  # type: ignore[no-any-return]
+            return self._cctx.multi_compress_to_buffer(
                 [view[off:off + page] for off in offsets], threads=self.threads)
         if self.kind == "zlib":
             view = memoryview(buf)
