@@ -9,6 +9,14 @@
 * :mod:`pykexec.vmcore.vmcoreinfo` -- the VMCOREINFO ``KEY=VALUE`` note.
 * :mod:`pykexec.vmcore.printk` -- the kernel log in its three in-memory formats.
 * :mod:`pykexec.vmcore.xen` -- dumps of a Xen machine: the hypervisor's ring, dom0's memory.
+* :mod:`pykexec.vmcore.info` -- ``vmcore info``: what a dump is, its CPUs, a dump cut short.
+* :mod:`pykexec.vmcore.save` -- ``vmcore save``: what to keep, in batches; the writers
+  :mod:`~pykexec.vmcore.kdump_writer` (makedumpfile's format) and
+  :mod:`~pykexec.vmcore.elf_writer` (filtered ELF), with :mod:`~pykexec.vmcore.output`.
+* :mod:`pykexec.vmcore.filtering` -- dump levels from VMCOREINFO alone:
+  :mod:`~pykexec.vmcore.scan_plan` (what to look for), :mod:`~pykexec.vmcore.sparsemem`
+  (the struct page array), :mod:`~pykexec.vmcore.page_rules` (makedumpfile's rules),
+  :mod:`~pykexec.vmcore.pfn_runs` (page-frame runs).
 * :mod:`pykexec.vmcore.errors` -- :class:`~pykexec.vmcore.errors.VmcoreError`.
 * :mod:`pykexec.vmcore.cli` -- ``pykexec vmcore dmesg|info|save``.
 
