@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                usage="pykexec [-l|-p|-e|-u|-S] [options] [KERNEL]\n"
                      "       pykexec vmcore {dmesg,info} [options] DUMP\n"
                      "       pykexec vmcore save [options] SRC DST\n"
+                     "       pykexec kdump COMMAND [options]\n"
                      "       pykexec doctor [--json]",
                description="Load a new kernel and jump to it without firmware (a drop-in for kexec).")
     act = p.add_argument_group("actions")

@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pykexec.vmcore.cli import main as vmcore_main
 
         return vmcore_main(args[1:])
+    if args[:1] == ["kdump"]:
+        from pykexec.kdump.cli import main as kdump_main
+
+        return kdump_main(args[1:])
     from pykexec.cli import main as kexec_main
 
     return kexec_main(args)

@@ -59,10 +59,14 @@ class CrashRecord:
     xen_log: str | None = None
     directory: Path | None = field(default=None, compare=False)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, object]:
+        """The record as ``record.json`` holds it."""
         data = asdict(self)
         del data["directory"]
-        return json.dumps(data, indent=2) + "\n"
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: object, directory: Path | None = None) -> CrashRecord:
