@@ -99,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run(args)
     except KexecError as err:
+        from pykexec.kdump.config import ConfigError
+
+        if isinstance(err, ConfigError):  # the file is wrong, not the command line: no --help to read
+            return report(err)
         return report(err, f"pykexec kdump {argv[0]}" if argv and argv[0] in COMMANDS else "pykexec kdump")
 
 

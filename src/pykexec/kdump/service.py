@@ -234,7 +234,7 @@ def status(config: KdumpConfig, paths: Paths, *, crashes: int = 3) -> dict[str, 
     out["reserved_bytes"] = reserved_bytes(paths)
     from pykexec.kdump import estimate
 
-    need = estimate.crashkernel_size(crash.kernel, crash.initrd, crash.append, paths)
+    need = estimate.crashkernel_size(crash.kernel, crash.initrd, crash.append, paths, measure_capture=True)
     out["needed_bytes"] = need.total
     out["target"] = config.target
     out["dump_level"] = config.dump_level

@@ -56,8 +56,14 @@ def unit_text(command: str, config: KdumpConfig | None = None) -> str:
             "WantedBy=multi-user.target\n")
 
 
-def _systemctl(paths: Paths, run: Runner, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    root = [f"--root={paths.root}"] if str(paths.root) != "/" else []
+def _live(paths: Paths, live: bool | None) -> bool:
+    """Whether systemctl acts on the running systemd (default: when the root is "/")."""
+    return str(paths.root) == "/" if live is None else live
+
+
+def _systemctl(paths: Paths, run: Runner, *args: str, check: bool = True,
+               live: bool | None = None) -> subprocess.CompletedProcess[str]:
+    root = [] if _live(paths, live) else [f"--root={paths.root}"]
     try:
         proc = run(["systemctl", *root, *args], capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
@@ -70,17 +76,18 @@ def _systemctl(paths: Paths, run: Runner, *args: str, check: bool = True) -> sub
     return proc
 
 
-def is_enabled(paths: Paths, run: Runner = subprocess.run) -> bool:
-    return _systemctl(paths, run, "is-enabled", UNIT_NAME, check=False).stdout.strip() == "enabled"
+def is_enabled(paths: Paths, run: Runner = subprocess.run, live: bool | None = None) -> bool:
+    return _systemctl(paths, run, "is-enabled", UNIT_NAME, check=False, live=live).stdout.strip() == "enabled"
 
 
-def enable(paths: Paths, config: KdumpConfig | None = None, *, now: bool = False,
-           command: str | None = None, run: Runner = subprocess.run) -> list[str]:
+def enable(paths: Paths, config: KdumpConfig | None = None, *, now: bool = False, command: str | None = None,
+           run: Runner = subprocess.run, live: bool | None = None) -> list[str]:
     """Install and enable the unit (``now``: start it too, loading the crash kernel);
-    returns one line per thing done, or the one saying nothing was to do."""
+    returns one line per thing done, or the one saying nothing was to do.  ``live``:
+    whether systemctl acts on the running systemd (default: when the root is "/")."""
     done: list[str] = []
     text = unit_text(command or pykexec_command(), config)
-    live = str(paths.root) == "/"
+    live = _live(paths, live)
     try:
         current = paths.unit_file.read_text()
     except OSError:
@@ -92,30 +99,31 @@ def enable(paths: Paths, config: KdumpConfig | None = None, *, now: bool = False
         os.replace(tmp, paths.unit_file)
         done.append(f"wrote {paths.unit_file}" if current is None else f"updated {paths.unit_file}")
         if live:
-            _systemctl(paths, run, "daemon-reload")
-    if not is_enabled(paths, run):
-        _systemctl(paths, run, "enable", UNIT_NAME)
+            _systemctl(paths, run, "daemon-reload", live=live)
+    if not is_enabled(paths, run, live):
+        _systemctl(paths, run, "enable", UNIT_NAME, live=live)
         done.append(f"enabled {UNIT_NAME}: the crash kernel is loaded at every boot")
     if now and live:
-        _systemctl(paths, run, "restart" if current != text else "start", UNIT_NAME)
+        _systemctl(paths, run, "restart" if current != text else "start", UNIT_NAME, live=live)
         done.append(f"started {UNIT_NAME}: the crash kernel is loaded")
     return done or [f"{UNIT_NAME} is already installed and enabled"]
 
 
-def disable(paths: Paths, *, now: bool = False, run: Runner = subprocess.run) -> list[str]:
+def disable(paths: Paths, *, now: bool = False, run: Runner = subprocess.run,
+            live: bool | None = None) -> list[str]:
     """Disable and remove the unit (``now``: stop it first, unloading the crash kernel)."""
     if not paths.unit_file.exists():
         return [f"{UNIT_NAME} is not installed"]
     done: list[str] = []
-    live = str(paths.root) == "/"
+    live = _live(paths, live)
     if now and live:
-        _systemctl(paths, run, "stop", UNIT_NAME)
+        _systemctl(paths, run, "stop", UNIT_NAME, live=live)
         done.append(f"stopped {UNIT_NAME}: the crash kernel is unloaded")
-    if is_enabled(paths, run):
-        _systemctl(paths, run, "disable", UNIT_NAME)
+    if is_enabled(paths, run, live):
+        _systemctl(paths, run, "disable", UNIT_NAME, live=live)
         done.append(f"disabled {UNIT_NAME}")
     paths.unit_file.unlink()
     done.append(f"removed {paths.unit_file}")
     if live:
-        _systemctl(paths, run, "daemon-reload")
+        _systemctl(paths, run, "daemon-reload", live=live)
     return done
