@@ -335,15 +335,15 @@ def _write(contents: Contents, out: Path, kind: str) -> int:
             if kind == "zstd":
                 import zstandard
 
-                # Level 19 is about as small as xz; the kernel's unzstd takes its 8 MiB window.
-                with zstandard.ZstdCompressor(level=19, threads=-1).stream_writer(raw, closefd=False) as stream:
+                # Level 9: 10% larger than 19 but 20 times faster (a rebuild at boot must be quick).
+                with zstandard.ZstdCompressor(level=9, threads=-1).stream_writer(raw, closefd=False) as stream:
                     writer = CpioWriter(stream)
                     contents.write(writer)
                     writer.close()
             else:
                 import gzip
 
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as stream:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as stream:
                     writer = CpioWriter(stream)
                     contents.write(writer)
                     writer.close()

@@ -179,7 +179,8 @@ class ModuleIndex:
                 return
             visiting.add(name)
             pre, post = self.softdeps(name)
-            for dep in [*pre, *self.deps(name)]:
+            # modules.dep lists what a module needs so that modprobe loads it from the end
+            for dep in [*pre, *reversed(self.deps(name))]:
                 visit(dep)
             order.append(name)
             for dep in post:
