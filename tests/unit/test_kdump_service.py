@@ -4,80 +4,30 @@ kexec calls and the crash initramfs builder replaced by recorders."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from pykexec import kexec
 from pykexec.errors import KexecError, MachineError
 from pykexec.kdump import records, service
 from pykexec.kdump.config import KdumpConfig
 from pykexec.kdump.paths import Paths
 from pykexec.request import KexecRequest
 
+from support.kdump_fakes import RELEASE, FakeKexec, kdump_root
 from support.synth_images import make_bzimage
-
-RELEASE = os.uname().release
-
-
-class FakeKexec:
-    """pykexec.kexec's load/unload/status, as a kernel that holds one crash kernel."""
-
-    def __init__(self) -> None:
-        self.loaded = False
-        self.loads: list[KexecRequest] = []
-        self.unloads = 0
-        self.fail: KexecError | None = None
-
-    def status(self, crash: bool = False) -> bool:
-        assert crash
-        return self.loaded
-
-    def load(self, request: KexecRequest, machine: object = None, **kwargs: object) -> None:
-        if self.fail is not None:
-            self.loaded = False  # the kernel frees the previous crash kernel first
-            raise self.fail
-        self.loads.append(request)
-        self.loaded = True
-
-    def unload(self, crash: bool = False, syscall: str = "auto") -> None:
-        assert crash
-        self.unloads += 1
-        self.loaded = False
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKexec:
-    fake = FakeKexec()
-    monkeypatch.setattr(kexec, "status", fake.status)
-    monkeypatch.setattr(kexec, "load", fake.load)
-    monkeypatch.setattr(kexec, "unload", fake.unload)
-    return fake
+    return FakeKexec().install(monkeypatch)
 
 
 @pytest.fixture
 def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
-    """A root with the running release's kernel, a boot id, a 256 MiB reservation; the
-    crash initramfs "built" as a file of the config's dump level."""
-    paths = Paths(tmp_path)
-    paths.boot.mkdir()
-    paths.kernel(RELEASE).write_bytes(make_bzimage())
-    (paths.proc / "sys/kernel/random").mkdir(parents=True)
-    (paths.proc / "sys/kernel/random/boot_id").write_text("boot-1\n")
-    (paths.proc / "cmdline").write_text("root=/dev/vda1 ro crashkernel=256M\n")
-    (paths.sys / "kernel").mkdir(parents=True)
-    (paths.sys / "kernel/kexec_crash_size").write_text(f"{256 << 20}\n")
-
-    def build(config: KdumpConfig, paths: Paths) -> Path:
-        paths.state_dir.mkdir(parents=True, exist_ok=True)
-        paths.initramfs.write_bytes(f"initramfs {config.dump_level}".encode())
-        return paths.initramfs
-
-    monkeypatch.setattr("pykexec.kdump.initramfs.build", build)
-    return paths
+    return kdump_root(tmp_path, monkeypatch)
 
 
 CONFIG = KdumpConfig()

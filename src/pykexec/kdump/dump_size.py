@@ -101,37 +101,26 @@ def dump_overhead(page: int, max_pfn: int, kept_pages: int, notes_bytes: int) ->
 
 
 def sample_pfns(kept: list[tuple[int, int]], groups: int, group_pages: int) -> list[list[int]]:
-    """``groups`` runs of up to ``group_pages`` consecutive kept pfns, spread evenly
-    over the kept pages (by their index among them, not by address)."""
+    """``groups`` runs of up to ``group_pages`` consecutive kept pfns, centred on evenly
+    spaced kept pages (by their index among the kept ones, not by address); when the
+    groups can hold every kept page, they do."""
+    from bisect import bisect_right
+    from itertools import accumulate
+
     total = sum(e - s for s, e in kept)
     if total == 0:
         return []
     groups = min(groups, max(1, total // group_pages))
-    starts = [min(total - 1, (2 * g + 1) * total // (2 * groups)) for g in range(groups)]
+    firsts = list(accumulate((e - s for s, e in kept), initial=0))  # each run's first page, as an index
     out: list[list[int]] = []
-    run, base = 0, 0  # index of the run, and the index of its first page among the kept ones
-    for start in starts:
-        group: list[int] = []
-        index = start
-        while len(group) < group_pages and index < total:
-            while base + kept[run][1] - kept[run][0] <= index:
-                base += kept[run][1] - kept[run][0]
-                run += 1
-            group.append(kept[run][0] + index - base)
-            index += 1
+    for g in range(groups):
+        start = min(max(0, (2 * g + 1) * total // (2 * groups) - group_pages // 2), max(0, total - group_pages))
+        group = []
+        for index in range(start, min(start + group_pages, total)):
+            run = bisect_right(firsts, index) - 1
+            group.append(kept[run][0] + index - firsts[run])
         out.append(group)
-        run, base = _rewind(kept, start)
     return out
-
-
-def _rewind(kept: list[tuple[int, int]], index: int) -> tuple[int, int]:
-    """(run, base) of the run holding kept page ``index`` (groups may overlap a run's end)."""
-    base = 0
-    for run, (s, e) in enumerate(kept):
-        if base + e - s > index:
-            return run, base
-        base += e - s
-    return len(kept) - 1, base - (kept[-1][1] - kept[-1][0])
 
 
 def interval(group_means: list[float], kept_pages: int) -> float:
