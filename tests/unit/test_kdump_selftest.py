@@ -45,6 +45,10 @@ def test_loaded(fake: FakeKexec, paths: Paths) -> None:
     assert statuses(selftest.check_loaded(paths)) == [("loaded", WARN)]  # loaded, but not by us
     service.load(CONFIG, paths)
     assert statuses(selftest.check_loaded(paths)) == [("loaded", OK)]
+    (paths.proc / "sys/kernel/random/boot_id").write_text("boot-2")  # the stamp outlived a reset
+    (finding,) = selftest.check_loaded(paths)
+    assert finding.message == ("a crash kernel is loaded, but not by pykexec kdump (its load stamp is from another "
+                               "boot)")
 
 
 def test_unchanged(fake: FakeKexec, paths: Paths) -> None:

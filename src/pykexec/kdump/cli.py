@@ -161,7 +161,7 @@ def _json(data: object) -> None:
 def _load(config: KdumpConfig, paths: Paths, force: bool) -> int:
     from pykexec.kdump import service
 
-    outcome = service.load(config, paths, force=force, log=lambda line: None)
+    outcome = service.load(config, paths, force=force)
     crash = outcome.crash_kernel
     files = f"{crash.kernel} with {crash.initrd}"
     if outcome.action == "unchanged":

@@ -130,7 +130,7 @@ def crashkernel_terms(i: NeedInputs) -> list[Term]:
              else f"unknown: {i.kernel} cannot be read as a bzImage"),
         Term("kexec segments", KEXEC_SEGMENTS, "purgatory, boot parameters, command line, ELF core header"),
         Term("initramfs", known(i.initrd_bytes), f"{i.initrd} as loaded, freed only once unpacked"
-             if i.initrd_bytes is not None else f"unknown: no {i.initrd} yet"),
+             if i.initrd_bytes is not None else f"unknown: no {i.initrd} yet (pykexec kdump load builds it)"),
         Term("initramfs unpacked", known(i.unpacked_bytes), "its files in tmpfs, in whole pages"
              if i.unpacked_bytes is not None else "unknown: no crash initramfs yet"),
         Term("modules", known(i.modules_bytes), "the kernel modules it holds, loaded"

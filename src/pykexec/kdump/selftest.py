@@ -43,18 +43,20 @@ _MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
 
 def check_loaded(paths: Paths) -> list[Finding]:
     from pykexec import kexec
-    from pykexec.kdump.service import read_stamp
+    from pykexec.kdump.service import boot_id, read_stamp
 
     try:
         loaded = kexec.status(crash=True)
     except KexecError as err:
-        return [Finding("loaded", FAIL, f"cannot tell whether a crash kernel is loaded: {err}", "run as root")]
+        return [Finding("loaded", FAIL, f"cannot tell whether a crash kernel is loaded: {err}",
+                        "pykexec doctor says what this kernel lacks")]
     if not loaded:
         return [Finding("loaded", FAIL, "no crash kernel is loaded: a panic now would not be captured",
                         f"{LOAD_FIX} (at every boot: pykexec kdump enable)")]
-    if read_stamp(paths) is None:
-        return [Finding("loaded", WARN, "a crash kernel is loaded, but not by pykexec kdump (no load stamp)",
-                        LOAD_FIX)]
+    stamp = read_stamp(paths)
+    if stamp is None or stamp.get("boot_id") != boot_id(paths):
+        why = "no load stamp" if stamp is None else "its load stamp is from another boot"
+        return [Finding("loaded", WARN, f"a crash kernel is loaded, but not by pykexec kdump ({why})", LOAD_FIX)]
     return [Finding("loaded", OK, "the crash kernel is loaded")]
 
 
@@ -190,7 +192,7 @@ def check_target(config: KdumpConfig, paths: Paths, predicted: int | None,
 def _room(check: str, what: str, free: int, predicted: int | None, fix: str) -> Finding:
     if predicted is None:
         return Finding(check, WARN, f"{what}: writable, {free // MiB} MiB free; the dump's size is unknown "
-                       "(pykexec kdump estimate says why)", "run as root where /proc/kcore is readable")
+                       "(pykexec kdump estimate says why)", "run as root, on a kernel with /proc/kcore")
     if free < predicted:
         return Finding(check, FAIL, f"{what}: {free // MiB} MiB free, the dump needs about {predicted // MiB} MiB",
                        fix)
