@@ -42,6 +42,7 @@ def main() -> int:
     run = run_guest_script(
         f"pykexec --dry-run -c -l /boot/vmlinuz --initrd /boot/second.cpio.gz --append '{KEXEC_CMDLINE}'\n"
         f"pykexec -c -l /boot/vmlinuz --initrd /boot/second.cpio.gz --append '{KEXEC_CMDLINE}'\n"
+        "drain-console\n"
         "pykexec -e\n", assets)
     show(run, ("role", "initrd", "kernel", "purgatory", "boot_params", "cmdline", "entry", "PYKEXEC-SECOND"))
     _, cmdline = run.second_kernel()
@@ -55,6 +56,7 @@ def main() -> int:
         "pykexec -c -p /boot/vmlinuz --initrd /boot/crash.cpio.gz "
         "--append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices'\n"
         "pykexec -S -p; echo crash-kernel-loaded=$?\n"
+        "drain-console\n"
         "echo c > /proc/sysrq-trigger\n", assets, append_extra="crashkernel=256M",
         extra_files={"/boot/crash.cpio.gz": crash_initrd})
     show(run, ("crash-kernel-loaded", "PYKEXEC-DEMO"))

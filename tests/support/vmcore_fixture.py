@@ -99,7 +99,7 @@ def _make(assets: Assets, kernel: str, smp: int, out: Path, timeout: float) -> N
             f.truncate(1 << 30)  # sparse; larger than any vmcore of a 1 GiB guest
         load = ("pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
                 "--append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices' && "
-                f"echo {LOADED_MARKER} && echo c > /proc/sysrq-trigger\n")
+                f"echo {LOADED_MARKER} && drain-console && echo c > /proc/sysrq-trigger\n")
         run = run_guest_script(
             load, assets, kernel=kernel, smp=smp, append_extra="crashkernel=256M",
             extra_files={"testbed/crash.cpio.gz": crash_initrd}, guest_kernels=(kernel,),
@@ -163,6 +163,7 @@ echo {DOM0_KMSG_MARKER} > /dev/kmsg
 dmesg | sed 's/^/{DOM0_DMESG_PREFIX}/'
 echo DOM0-DMESG-END
 echo {LOADED_MARKER}
+drain-console
 echo c > /proc/sysrq-trigger
 """
 

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 from support.testbed.assets import Assets, build_initramfs
+from support.testbed.cache import content_hash
+from support.testbed.guest_init import init_files
 
 XEN_PACKAGE = "xen-hypervisor-4.17-amd64"
 DOM0_MARKER = "PYKEXEC-DOM0-UP"
@@ -52,7 +54,9 @@ def dom0_kernel(assets: Assets) -> Path:
 
 def dom0_initrd(assets: Assets) -> Path:
     """A busybox initramfs (gzip'd, as it travels as a module) that reports and powers off."""
-    out = assets.built / "dom0-initrd.cpio.gz"
+    # Keyed by its layer's files (/init too) and busybox, so a change to either rebuilds it.
+    layer = [data for _, data, _ in init_files(DOM0_INIT)]
+    out = assets.built / f"dom0-initrd-{content_hash(*layer, str(assets.busybox()))}.cpio.gz"
     if not out.exists():
         build_initramfs(out, DOM0_INIT, {}, assets=assets, kernels=(), compress=True)
     return out

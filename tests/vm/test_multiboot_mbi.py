@@ -74,6 +74,7 @@ for d in /sys/firmware/memmap/*; do echo "MEMMAP $(cat $d/start) $(cat $d/end) $
 pykexec --dry-run --json {opts} > /tmp/plan.json; echo PLAN-RC=$?
 echo "PLAN-JSON $(python3 -c 'import json; print(json.dumps(json.load(open("/tmp/plan.json"))))')"
 pykexec -d {opts}; echo LOAD-RC=$?
+drain-console
 pykexec -e
 """
     return run_guest_script(script, assets, extra_files=files, timeout=180, until="MBTEST-END",

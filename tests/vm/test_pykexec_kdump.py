@@ -67,6 +67,7 @@ def test_kexec_load_crash_kernel_reads_the_dump(pykexec_assets: Assets, crash_in
     script = (f"pykexec -d -c -p /boot/vmlinuz --initrd /boot/crash.cpio.gz --append '{CRASH_APPEND}'"
               " >/tmp/plan 2>&1; echo LOAD-RC=$?; grep -E 'elfcorehdr|note:' /tmp/plan\n"
               "pykexec -S -p; echo CRASH-STATUS=$?\n"
+              "drain-console\n"  # CRASH-STATUS must reach the serial log before the panic
               "echo c > /proc/sysrq-trigger\n")
     run = run_guest_script(script, pykexec_assets, kernel=kernel, smp=smp, append_extra="crashkernel=256M",
                            extra_files={"/boot/crash.cpio.gz": crash_initrd}, timeout=180,

@@ -19,7 +19,7 @@ from support.testbed.qemu import GuestRun
 
 def _load_and_exec(assets: Assets, vm_log_dir: Path, load: str, *, boot: str = "6.1",
                    extra_files: dict | None = None, timeout: float = 120) -> GuestRun:
-    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\npykexec -e\n"
+    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\ndrain-console\npykexec -e\n"
     return run_guest_script(script, assets, kernel=boot, extra_files=extra_files, timeout=timeout,
                             log_path=vm_log_dir / "console.log")
 
@@ -57,7 +57,7 @@ def test_reuse_cmdline_default_backend_from_6_12(pykexec_assets: Assets, vm_log_
     """Boot 6.12, reuse its command line (crashkernel= dropped), default backend (-a)."""
     load = ("pykexec -l /boot/vmlinuz-6.12 --initrd /boot/second.cpio.gz --reuse-cmdline "
             "--append pykexec.test=reuse")
-    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\npykexec -e\n"
+    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\ndrain-console\npykexec -e\n"
     run = run_guest_script(script, pykexec_assets, kernel="6.12", append_extra="crashkernel=64M foo=bar",
                            log_path=vm_log_dir / "console.log")
     assert "PYKEXEC-LOAD-RC=0" in run, run.describe()
@@ -139,7 +139,7 @@ def test_efi_handover(pykexec_assets: Assets, vm_log_dir: Path) -> None:
               " | sed 's/^/SETUP-DATA-SEGMENTS=/'\n")
     load = f"pykexec -d -c -l /boot/vmlinuz --initrd /boot/second.cpio.gz --append '{cmdline}'"
     run = run_guest_script(script + f"{load}\necho PYKEXEC-LOAD-RC=$?\npykexec -S -l; echo PYKEXEC-STATUS=$?\n"
-                           "pykexec -e\n", pykexec_assets, extra_args=("-bios", OVMF), timeout=240,
+                           "drain-console\npykexec -e\n", pykexec_assets, extra_args=("-bios", OVMF), timeout=240,
                            log_path=vm_log_dir / "console.log")
     run.expect("FIRST-KERNEL-EFI")
     assert "SETUP-DATA-SEGMENTS=1" in run, run.describe()

@@ -66,6 +66,7 @@ def test_kexec_from_dom0_into_linux(dom0_assets: Assets, tmp_path: Path, vm_log_
     cmdline = "console=ttyS0 panic=-1 pykexec.test=from-xen-dom0"
     body = (f"pykexec -l /boot/vmlinuz-6.1 --initrd /boot/second.cpio.gz --append '{cmdline}'; echo LOAD-RC=$?\n"
             "pykexec -S -l; echo STATUS=$?\n"
+            "drain-console\n"
             "pykexec -e; echo EXEC-RC=$?\n")
     run = _boot_xen(dom0_assets, tmp_path, body, vm_log_dir / "console.log", until="PYKEXEC-SECOND-KERNEL-UP")
     assert "LOAD-RC=0" in run and "STATUS=1" in run, run.describe()
@@ -82,6 +83,7 @@ def test_kdump_from_dom0_reports_xen_phys_start(dom0_assets: Assets, tmp_path: P
             "grep -E 'xen_kexec_op|elfcorehdr|note' /tmp/plan\n"
             "pykexec -S -p; echo CRASH-STATUS=$?\n"
             f"{XEN_PHYS_START}\n"
+            "drain-console\n"
             "echo c > /proc/sysrq-trigger\n")
     run = _boot_xen(dom0_assets, tmp_path, body, vm_log_dir / "console.log", until="CRASH-CPUS=", smp=smp)
     assert "LOAD-RC=0" in run and "CRASH-STATUS=1" in run, run.describe()

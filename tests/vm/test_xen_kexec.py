@@ -20,7 +20,7 @@ DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"
 
 
 def _kexec_into_xen(assets: Assets, vm_log_dir: Path, load: str) -> GuestRun:
-    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\n{load.split()[0]} -e\n"
+    script = f"{load}\necho PYKEXEC-LOAD-RC=$?\ndrain-console\n{load.split()[0]} -e\n"
     return run_guest_script(script, assets, memory=xen.XEN_MEMORY, cpu=xen.XEN_CPU,
                             extra_files=xen.guest_files(assets), guest_kernels=("6.1",), timeout=240,
                             until=xen.DOM0_MARKER, log_path=vm_log_dir / "console.log")

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from support.testbed.cache import TestbedError, atomic_write, content_hash
 from support.testbed.cpio import CpioWriter, cpio_bytes
-from support.testbed.guest_init import SECOND_INIT_BODY
+from support.testbed.guest_init import SECOND_INIT_BODY, init_files
 from support.testbed.host import compile_tree, copy_shared_libs, host_python311, run_command
 from support.testbed.initramfs import GuestFiles, write_initramfs
 from support.testbed.packages import DEFAULT_GUEST_KERNELS, PYTHON_PACKAGES, PackageCache
@@ -195,7 +195,9 @@ class Assets(PackageCache):
         cmdline=<cmdline>``, and ``PYKEXEC-SECOND-KERNEL-VMCORE size=<n>``
         when booted as a crash kernel, then powers off.
         """
-        path = self.built / f"second-{content_hash(_LAYOUT_VERSION, SECOND_INIT_BODY, str(self.busybox()))}.cpio.gz"
+        # Keyed by every file of its own layer (its /init too), not by the body alone.
+        layer = [data for _, data, _ in init_files(SECOND_INIT_BODY)]
+        path = self.built / f"second-{content_hash(_LAYOUT_VERSION, *layer, str(self.busybox()))}.cpio.gz"
         if not path.exists():
             with self.lock():
                 if not path.exists():

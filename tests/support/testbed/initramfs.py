@@ -11,7 +11,7 @@ from typing import BinaryIO, Mapping, Sequence
 
 from support.testbed.cache import TestbedError
 from support.testbed.cpio import CpioWriter, cpio_bytes
-from support.testbed.guest_init import init_script
+from support.testbed.guest_init import init_files
 
 GuestFiles = Mapping[str, "Path | str | bytes"]
 
@@ -21,11 +21,9 @@ def write_initramfs(out: Path, segments: Sequence[Path], init_script_body: str, 
     """``segments`` (cached layers, in order), then a layer with /init running
     ``init_script_body`` and ``files``, written to ``out``; gzip'd as one stream if
     ``compress``."""
-    init, script = init_script(init_script_body, trace=trace)
-
     def build(w: CpioWriter) -> None:
-        w.file("init", init, 0o755)
-        w.file("testbed/script.sh", script, 0o755)
+        for path, data, mode in init_files(init_script_body, trace=trace):
+            w.file(path, data, mode)
         for guest, src in sorted((files or {}).items()):
             if isinstance(src, bytes):
                 w.file(guest, src, 0o755 if src.startswith(b"#!") else 0o644)
