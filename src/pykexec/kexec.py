@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # typing costs an import; this name is all type checkers 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pykexec.backends import Backend
+    from pykexec.backends.protocol import Backend
     from pykexec.images.image_type import ImageType
     from pykexec.machine import Machine
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from dataclasses import dataclass, field
 
 from pykexec.errors import UsageError
 from pykexec.plan import BACKEND_KEXEC_LOAD
@@ -23,33 +22,41 @@ SYSCALLS = ("auto", "file", "load")
 ADDRESS_MAX = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
-class KexecRequest:
+class KexecRequest(namedtuple("KexecRequest", ["kernel", "initrd", "append", "reuse_cmdline", "modules", "crash",
+                                               "image_type", "mem_min", "mem_max", "syscall", "xen_crash_efi",
+                                               "pass_memmap_cmdline", "purgatory_console"],
+                              defaults=(None, None, False, (), False, None, 0, ADDRESS_MAX, "auto", False, False, 0))):
     """A load as a user asks for it. ``syscall``: ``"auto"`` (kexec_file_load, falling
     back to kexec_load where allowed: kexec-tools' -a), ``"file"`` (-s) or ``"load"`` (-c);
     in a Xen dom0 the hypervisor loads every image. ``modules`` are ``"FILE ARGS"``
     strings as ``--module`` takes them. ``purgatory_console`` is the I/O port of the UART
-    purgatory reports on (0: silent)."""
+    purgatory reports on (0: silent).
 
+    (A named tuple, not a dataclass: importing dataclasses costs the command line
+    several milliseconds.)"""
+
+    __slots__ = ()
     kernel: str
-    initrd: str | None = None
-    append: str | None = None
-    reuse_cmdline: bool = False
-    modules: tuple[str, ...] = field(default=())
-    crash: bool = False
-    image_type: str | None = None
-    mem_min: int = 0
-    mem_max: int = ADDRESS_MAX
-    syscall: str = "auto"
-    xen_crash_efi: bool = False
-    pass_memmap_cmdline: bool = False
-    purgatory_console: int = 0
+    initrd: str | None
+    append: str | None
+    reuse_cmdline: bool
+    modules: tuple[str, ...]
+    crash: bool
+    image_type: str | None
+    mem_min: int
+    mem_max: int
+    syscall: str
+    xen_crash_efi: bool
+    pass_memmap_cmdline: bool
+    purgatory_console: int
 
-    def __post_init__(self) -> None:
+    def __new__(cls, *args: object, **kwargs: object) -> KexecRequest:
+        self = super().__new__(cls, *args, **kwargs)
         if self.syscall not in SYSCALLS:
             raise UsageError(f"unknown syscall choice {self.syscall!r}; one of {', '.join(SYSCALLS)}")
         if self.mem_min > self.mem_max:
             raise UsageError(f"--mem-min {self.mem_min:#x} is above --mem-max {self.mem_max:#x}")
+        return self
 
 
 class Module(namedtuple("Module", "path data cmdline")):

@@ -9,5 +9,5 @@ concern, each imported by its own name (this package re-exports nothing)::
     rules      Xen's rules for a load (XenSegment, check_load, the low-memory map)
     state      the record of our loads and unloads (Xen's own status is unreliable)
     kexec_op   XenKexec: get_range, machine memory map, version, load, unload, execute
-    backend    XenBackend: a load plan handed to Xen (pykexec.backends.Backend)
+    backend    XenBackend: a load plan handed to Xen (pykexec.backends.protocol.Backend)
 """

@@ -56,7 +56,7 @@ def xen_segments(plan: LoadPlan) -> list[XenSegment]:
 
 
 class XenBackend:
-    """Xen's ``kexec_op`` as a :class:`pykexec.backends.Backend`, for a PV dom0.
+    """Xen's ``kexec_op`` as a :class:`pykexec.backends.protocol.Backend`, for a PV dom0.
 
     ``connect`` opens the hypervisor for one call (default :meth:`XenKexec.open`: checks
     that this is a PV dom0, opens privcmd); each call opens and closes its own.
