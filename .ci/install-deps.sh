@@ -6,7 +6,8 @@
 set -eu
 
 PACKAGES="qemu-system-x86 busybox-static cpio gzip kexec-tools makedumpfile
-binutils gcc dpkg-dev ca-certificates python3-venv strace ovmf"
+binutils gcc dpkg-dev ca-certificates python3-venv strace ovmf
+mmdebstrap e2fsprogs"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: must run as root" >&2

@@ -1,0 +1,106 @@
+"""What runs a test step inside the Debian test-bed system, and the markers it prints.
+
+``testbed-step.service`` starts once the system has reached multi-user.target.  It counts the
+boot (``/var/lib/testbed/boot-count`` on the disk, so the count goes on across the QEMU runs
+of one disk), prints :data:`BOOT_MARKER`, runs the step the test wrote to
+``/var/lib/testbed/step.sh`` before this boot (kept as ``step-<boot>.sh``), prints
+:data:`STEP_END_MARKER` with its exit status, and powers the machine off cleanly, which ends
+QEMU.  A step that panics or reboots ends QEMU itself (``-no-reboot``).
+
+Steps run with ``sh`` and these shell functions (``step-lib.sh``):
+
+* ``report KEY VALUE...`` prints ``TESTBED-REPORT KEY=VALUE...`` (see ``DebianBoot.reports``);
+* ``drain_console`` returns once everything printed has left the serial port;
+* ``crash`` prints :data:`CRASH_MARKER`, syncs the disks, drains the console and panics the
+  kernel through sysrq ``c``;
+* ``$TESTBED_BOOT`` is this boot's number (1 for the disk's first boot).
+"""
+
+from __future__ import annotations
+
+#: First line of every step, once the system is up: ``boot=<n> release=<uname -r> uptime=<s>``.
+BOOT_MARKER = "TESTBED-BOOT"
+#: After the step: ``boot=<n> rc=<exit status>`` (``rc=none`` when the test wrote no step).
+STEP_END_MARKER = "TESTBED-STEP-END"
+#: ``report KEY VALUE`` prints ``TESTBED-REPORT KEY=VALUE``.
+REPORT_MARKER = "TESTBED-REPORT"
+#: Printed by ``crash`` right before sysrq ``c``: ``boot=<n>``.
+CRASH_MARKER = "TESTBED-CRASH"
+
+#: Where the test writes the step for the next boot (on the guest's disk).
+STEP_PATH = "/var/lib/testbed/step.sh"
+#: How many times the system has booted to the step runner (on the guest's disk).
+BOOT_COUNT_PATH = "/var/lib/testbed/boot-count"
+
+UNIT_NAME = "testbed-step.service"
+_RUNNER_PATH = "/usr/local/sbin/testbed-step"
+_LIB_PATH = "/usr/local/lib/testbed/step-lib.sh"
+
+# Type=exec rather than oneshot: a oneshot unit's start job would keep the system
+# "starting" until the step ends, while steps ask systemctl is-system-running.
+_UNIT = f"""[Unit]
+Description=pykexec test bed: run this boot's test step
+After=multi-user.target
+
+[Service]
+Type=exec
+ExecStart={_RUNNER_PATH}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# stty re-applies the console's current settings with tcsetattr(TCSADRAIN), which returns
+# only once the tty's buffer is empty and the UART has sent its last byte: a panic right
+# after an echo would otherwise lose the bytes still buffered (printk's own messages poll
+# the UART and are not lost).
+_LIB = f"""# Shell functions for test-bed steps (see support/testbed/debian_step.py).
+drain_console() {{
+    stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g)"
+}}
+
+report() {{
+    key=$1
+    shift
+    echo "{REPORT_MARKER} $key=$*"
+}}
+
+crash() {{
+    echo "{CRASH_MARKER} boot=$TESTBED_BOOT"
+    sync
+    drain_console
+    echo c > /proc/sysrq-trigger
+}}
+"""
+
+_RUNNER = f"""#!/bin/sh
+# The test bed's step runner ({UNIT_NAME}); see support/testbed/debian_step.py.
+. {_LIB_PATH}
+state=/var/lib/testbed
+boot=$(( $(cat {BOOT_COUNT_PATH} 2>/dev/null || echo 0) + 1 ))
+echo "$boot" > {BOOT_COUNT_PATH}
+sync
+exec </dev/null >/dev/ttyS0 2>&1
+echo "{BOOT_MARKER} boot=$boot release=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+rc=none
+if [ -f {STEP_PATH} ]; then
+    # Renamed first, so that a later boot never runs this step again.
+    mv {STEP_PATH} "$state/step-$boot.sh"
+    TESTBED_BOOT=$boot sh -c '. {_LIB_PATH} && . "$0"' "$state/step-$boot.sh"
+    rc=$?
+fi
+echo "{STEP_END_MARKER} boot=$boot rc=$rc"
+drain_console
+systemctl poweroff
+"""
+
+
+def step_files() -> list[tuple[str, bytes, int]]:
+    """(guest path, contents, mode) of the runner, its shell library and its unit."""
+    return [(_RUNNER_PATH, _RUNNER.encode(), 0o755), (_LIB_PATH, _LIB.encode(), 0o644),
+            (f"/etc/systemd/system/{UNIT_NAME}", _UNIT.encode(), 0o644)]
+
+
+def step_unit_links() -> list[tuple[str, str]]:
+    """(guest path, target) of the symlink that enables the unit, as ``systemctl enable`` makes it."""
+    return [(f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}", f"/etc/systemd/system/{UNIT_NAME}")]
