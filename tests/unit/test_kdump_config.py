@@ -69,7 +69,7 @@ def test_compressions_are_the_savers() -> None:
     ("dump_level = \"31\"", "dump_level = \"31\" must be a whole number"),
     ("dump_level = true", "dump_level = true must be a whole number"),
     ("dump_level = 3.5", "dump_level = 3.5 must be a whole number"),
-    ("compression = \"lzo\"", "compression = \"lzo\" is not one of: zstd, zlib, none"),
+    ("compression = \"lz4\"", "compression = \"lz4\" is not one of: zstd, zlib, lzo, snappy, none"),
     ("failure_action = \"dump\"", "failure_action = \"dump\" is not one of: reboot, halt, poweroff, shell"),
     ("final_action = \"shell\"", "final_action = \"shell\" is not one of: reboot, halt, poweroff"),
     ("keep = -2", "keep = -2 must be 0 (keep every dump) or more"),

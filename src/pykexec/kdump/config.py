@@ -6,7 +6,7 @@ file, the key, and what is allowed::
 
     target = "/var/crash"              # a directory; "ssh://user@host/path"; or a raw block device "/dev/vdb"
     dump_level = 31                    # makedumpfile's -d
-    compression = "zstd"               # zstd | zlib | none
+    compression = "zstd"               # zstd | zlib | lzo | snappy | none
     kernel = ""                        # crash kernel; default: /boot/vmlinuz-<running release>
     initrd = ""                        # crash initramfs; default: built by pykexec
     append = "irqpoll nr_cpus=1 reset_devices"   # added to the crash kernel's command line
@@ -30,7 +30,7 @@ FAILURE_ACTIONS = ("reboot", "halt", "poweroff", "shell")
 FINAL_ACTIONS = ("reboot", "halt", "poweroff")
 #: Written by :func:`pykexec.vmcore.save.save` (its ``COMPRESSIONS``; a unit test keeps them equal:
 #: importing the saver here would cost every ``kdump`` command its imports).
-COMPRESSIONS = ("zstd", "zlib", "none")
+COMPRESSIONS = ("zstd", "zlib", "lzo", "snappy", "none")
 MAX_DUMP_LEVEL = 31
 #: ``ssh://[user@]host[:port]/path``
 _SSH_TARGET = re.compile(r"^ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+|\[[0-9A-Fa-f:.]+\])"

@@ -139,7 +139,7 @@ def predict(core: Kcore, *, dump_level: int, compression: str, skip: list[tuple[
     from pykexec.layouts.elf import pack_note
     from pykexec.vmcore.errors import VmcoreError
     from pykexec.vmcore.filtering import excluded_pages
-    from pykexec.vmcore.kdump_writer import PageCompressor
+    from pykexec.vmcore.page_codecs import PageCompressor
     from pykexec.vmcore.paging import PageTables
     from pykexec.vmcore.pfn_runs import merge, subtract
     from pykexec.vmcore.save import ram_runs

@@ -44,6 +44,9 @@ DUMP_DH_COMPRESSED_INCOMPLETE = 0x8
 #: status only: unused vmemmap pages were excluded (makedumpfile -e).
 DUMP_DH_EXCLUDED_VMEMMAP = 0x10
 DUMP_DH_COMPRESSED_ZSTD = 0x20
+#: The codec bits (a page_desc has one of them, or none: stored raw).
+PAGE_CODEC_FLAGS = (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_SNAPPY
+                    | DUMP_DH_COMPRESSED_ZSTD)
 
 # makedumpfile's dump levels (-d): the bits of kdump_sub_header.dump_level.
 DL_EXCLUDE_ZERO = 1

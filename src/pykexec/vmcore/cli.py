@@ -36,8 +36,8 @@ COMMANDS = {
               "print the kernel log of a dump, as kexec-tools' vmcore-dmesg does"),
     "info": ("pykexec vmcore info [--json] PATH",
              "what a dump holds: notes, each CPU's registers, VMCOREINFO, Xen's crash information"),
-    "save": ("pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|none] [--level N] [-d LEVEL]\n"
-             "                           [--threads N] [-c|-z|-E] [--force] SRC DST",
+    "save": ("pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|lzo|snappy|none] [--level N]\n"
+             "                           [-d LEVEL] [--threads N] [-c|-z|-l|-p|-E] [--force] SRC DST",
              "save a dump kdump-compressed (as makedumpfile -d 31 does) or as a filtered ELF core"),
 }
 
@@ -230,16 +230,6 @@ class _Number(argparse.Action):
             raise UsageError(f"{option_string} needs a number, not {text!r}") from None
 
 
-class _NotWritten(argparse.Action):
-    """makedumpfile's -l (lzo) and -p (snappy): refused in one line that says what is written."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        name = "lzo" if option_string == "-l" else "snappy"
-        raise UsageError(f"{option_string} ({name}) is not written by pykexec: "
-                         "use -z (zstd, the default; smaller) or -c (zlib)")
-
-
 def save_parser() -> Parser:
     parser = _parser("save", SAVE_DESCRIPTION, SAVE_EPILOG)
     unset = argparse.SUPPRESS  # options not given stay out: save()'s defaults apply
@@ -247,7 +237,8 @@ def save_parser() -> Parser:
                         help="kdump (default) or elf: an uncompressed ELF core with the same pages, as "
                              "makedumpfile -E writes (read by vmcore-dmesg, crash, gdb); left-out pages read as zeros")
     parser.add_argument("--compress", metavar="KIND", default=unset,
-                        help="zstd (default), zlib (readable by older makedumpfile/crash builds without zstd) or none")
+                        help="zstd (default), zlib (readable by older makedumpfile/crash builds without zstd), "
+                             "lzo, snappy (makedumpfile -l, -p) or none")
     parser.add_argument("--level", action=_Number, metavar="N", default=unset,
                         help="compression level: zstd -50 to 19 (default 1, as makedumpfile -z; negative levels "
                              "are faster and larger), zlib 1 to 9 (default 1, as makedumpfile -c)")
@@ -263,8 +254,10 @@ def save_parser() -> Parser:
                         help="makedumpfile's spelling of --compress zstd")
     parser.add_argument("-E", dest="fmt", action="store_const", const="elf", default=unset,
                         help="makedumpfile's spelling of --format elf")
-    parser.add_argument("-l", "-p", action=_NotWritten, nargs=0, default=unset,
-                        help="makedumpfile's lzo and snappy: refused (pykexec writes zstd and zlib)")
+    parser.add_argument("-l", dest="compress", action="store_const", const="lzo", default=unset,
+                        help="makedumpfile's spelling of --compress lzo")
+    parser.add_argument("-p", dest="compress", action="store_const", const="snappy", default=unset,
+                        help="makedumpfile's spelling of --compress snappy")
     parser.add_argument("-f", "--force", action="store_true", default=unset, help="overwrite DST if it exists")
     parser.add_argument("operands", nargs="*", metavar="SRC DST",
                         help="the dump to read (/proc/vmcore, an ELF core) and the file to write")

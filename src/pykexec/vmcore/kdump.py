@@ -1,8 +1,8 @@
 """kdump-compressed dumps (makedumpfile's format).
 
 * :class:`KdumpFile` -- a read-only kdump-compressed file: header, notes,
-  VMCOREINFO, bitmaps, pages (zlib, zstd and raw; lzo/snappy only if the
-  ``lzo`` / ``snappy`` modules happen to be importable).
+  VMCOREINFO, bitmaps, pages (raw, or zlib, lzo, snappy or zstd:
+  :mod:`pykexec.vmcore.page_codecs`).
 * :class:`KdumpCore` -- the same file as :class:`~pykexec.vmcore.dump_memory.DumpMemory`:
   virtual reads go through the dump's own page tables (:mod:`pykexec.vmcore.paging`).
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import EM_386, EM_AARCH64, EM_X86_64, NT_VMCOREINFO, NoteFormatError, iter_notes
 from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.page_codecs import decompressor
 from pykexec.vmcore.paging import PageTables
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
@@ -29,30 +29,6 @@ if TYPE_CHECKING:
     from pykexec.vmcore.elfcore import Load
 
 _U64 = struct.Struct("<Q")
-
-
-def _decompressor(flags: int) -> Callable[[bytes, int], bytes]:
-    """The function that inflates a page stored with ``page_desc.flags``."""
-    if flags & L.DUMP_DH_COMPRESSED_ZLIB:
-        return lambda data, n: zlib.decompress(data)
-    if flags & L.DUMP_DH_COMPRESSED_ZSTD:
-        import zstandard
-
-        dctx = zstandard.ZstdDecompressor()
-        return lambda data, n: dctx.decompress(data, max_output_size=n)
-    if flags & L.DUMP_DH_COMPRESSED_LZO:
-        try:
-            import lzo  # type: ignore[import-not-found]
-        except ImportError:
-            raise VmcoreError("page is lzo-compressed; install python-lzo to read it") from None
-        return lambda data, n: lzo.decompress(data, False, n)
-    if flags & L.DUMP_DH_COMPRESSED_SNAPPY:
-        try:
-            import snappy  # type: ignore[import-not-found]
-        except ImportError:
-            raise VmcoreError("page is snappy-compressed; install python-snappy to read it") from None
-        return lambda data, n: snappy.uncompress(data)
-    raise VmcoreError(f"unknown page compression flags {flags:#x}")
 
 
 class KdumpFile:
@@ -164,20 +140,19 @@ class KdumpFile:
         if size > bs or offset <= 0:
             raise self._err(f"corrupt page descriptor for pfn {pfn:#x} (offset {offset}, size {size})")
         data = self._pread(size, offset)
-        comp = flags & (L.DUMP_DH_COMPRESSED_ZLIB | L.DUMP_DH_COMPRESSED_LZO
-                        | L.DUMP_DH_COMPRESSED_SNAPPY | L.DUMP_DH_COMPRESSED_ZSTD)
+        comp = flags & L.PAGE_CODEC_FLAGS
         if not comp:
             if size != bs:
                 raise self._err(f"raw page {pfn:#x} has size {size}, expected {bs}")
             return data
         dec = self._dec.get(comp)
         if dec is None:
-            dec = self._dec[comp] = _decompressor(comp)
+            dec = self._dec[comp] = decompressor(comp)
         try:
             page = dec(data, bs)
         except VmcoreError:
             raise
-        except Exception as err:  # zlib.error, zstd.ZstdError, ...
+        except Exception as err:  # zlib.error, zstd.ZstdError, lzallright.LZOError, ...
             raise self._err(f"page {pfn:#x} does not decompress: {err}") from None
         if len(page) != bs:
             raise self._err(f"page {pfn:#x} decompresses to {len(page)} bytes, expected {bs}")

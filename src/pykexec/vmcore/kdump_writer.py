@@ -10,10 +10,10 @@ first, so they still read back as zeros.
 Kept pages are read with ``preadv`` (not mmap: a bad page of ``/proc/vmcore``
 must become an error, not SIGBUS) into batches of :data:`~pykexec.vmcore.output.CHUNK_PAGES`,
 one call per contiguous piece; whole-batch and per-page zero tests are ``memcmp``
-(``bytearray.startswith``).  Pages are compressed one by one (the format's unit;
-zstd level 1 or zlib level 1, as makedumpfile's ``-z``/``-c``), a batch at a time
-on every CPU the process may use (zstd in its own C threads, zlib in worker
-threads); a page that does not shrink is stored raw.
+(``bytearray.startswith``).  Pages are compressed one by one (the format's unit),
+a batch at a time, by :class:`~pykexec.vmcore.page_codecs.PageCompressor` (zstd,
+zlib, lzo or snappy, as makedumpfile's ``-z``/``-c``/``-l``/``-p``); a page that
+does not shrink is stored raw.
 
 Crash safety: the header says ``DUMP_DH_COMPRESSED_INCOMPLETE`` from the first
 write and is rewritten without it only after everything else is on disk
@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-import zlib
 
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
@@ -37,87 +36,12 @@ from pykexec.vmcore.pfn_runs import set_bits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from types import ModuleType
-
     from pykexec.vmcore.dump_memory import DumpMemory
     from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.page_codecs import PageCompressor
     from pykexec.vmcore.paging import PageTables
     from pykexec.vmcore.save import Progress, Run, SaveResult
     from pykexec.vmcore.vmcoreinfo import VmcoreInfo
-
-
-# -- compression ---------------------------------------------------------------------------
-
-def _zstd() -> ModuleType:
-    try:
-        import zstandard
-    except ImportError as err:
-        # Name the real cause: an installed module can fail to load (a missing library).
-        raise VmcoreError(f"zstd compression needs the zstandard module, which does not load ({err}); "
-                          "install it (pip install zstandard) or use --compress zlib") from None
-    return zstandard
-
-
-class PageCompressor:
-    """Compress the pages of a batch, each page on its own (the format's unit), on
-    ``threads`` CPUs.
-
-    zstd: one ``multi_compress_to_buffer`` call per batch, which splits the pages
-    over C threads with a context each (level 1, as makedumpfile ``-z``); no
-    Python runs per page.  zlib (level 1, as ``-c``): worker threads, as
-    ``zlib.compress`` releases the GIL.  Results are buffers in page order.
-    """
-
-    def __init__(self, kind: str, threads: int, level: int = 1) -> None:
-        self.kind = kind
-        self.threads = max(1, threads)
-        self.level = level
-        self._executor = None
-        if kind == "zstd":
-            zstandard = _zstd()
-            # Telling zstd the input is one page shrinks its tables: 4 KiB frames
-            # compress about 1.5x faster at the same ratio.
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level, source_size=4096, write_checksum=0, write_content_size=1)
-            self._cctx = zstandard.ZstdCompressor(compression_params=params)
-        elif kind == "zlib" and self.threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(self.threads)
-
-    def compress(self, buf: bytearray, offsets: list[int], page: int) -> Sequence[object] | None:
-        """The pages of ``buf`` at ``offsets``, compressed; None for ``none``."""
-        if self.kind == "zstd":
-            if not offsets:
-                return []
-            # A list of page views: zstandard spreads a list over its threads (one
-            # BufferWithSegments would go to a single thread).
-            view = memoryview(buf)
-            return self._cctx.multi_compress_to_buffer(
-                [view[off:off + page] for off in offsets], threads=self.threads)
-        if self.kind == "zlib":
-            view = memoryview(buf)
-            pages = [view[off:off + page] for off in offsets]
-            if self._executor is None or len(pages) < 64:
-                return [zlib.compress(p, self.level) for p in pages]
-            step = -(-len(pages) // self.threads)
-            parts = self._executor.map(lambda ps: [zlib.compress(p, self.level) for p in ps],
-                                       [pages[i:i + step] for i in range(0, len(pages), step)])
-            return [c for part in parts for c in part]
-        return None
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
-
-
-def default_threads() -> int:
-    """CPUs this process may run on (a crash kernel usually has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # -- the headers ---------------------------------------------------------------------------

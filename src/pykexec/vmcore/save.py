@@ -49,9 +49,10 @@ if TYPE_CHECKING:
 DEFAULT_DUMP_LEVEL = 31
 #: Dump-level bits decided from the crashed kernel's struct pages (vmcore/filtering.py).
 PAGE_STRUCT_BITS = L.DL_EXCLUDE_CACHE | L.DL_EXCLUDE_CACHE_PRI | L.DL_EXCLUDE_USER_DATA | L.DL_EXCLUDE_FREE
-COMPRESSIONS = ("zstd", "zlib", "none")
-#: Accepted ``--level`` per compression: zstd's negative levels trade size for speed.
-LEVELS = {"zstd": (-50, 19), "zlib": (1, 9)}
+COMPRESSIONS = ("zstd", "zlib", "lzo", "snappy", "none")
+#: Accepted ``--level`` per compression: zstd's negative levels trade size for speed;
+#: lzo and snappy have one (makedumpfile's).
+LEVELS = {"zstd": (-50, 19), "zlib": (1, 9), "lzo": (1, 1), "snappy": (1, 1)}
 FORMATS = ("kdump", "elf")
 XEN_FILTER_NOTE = ("a Xen dump: only zero pages are left out (dom0's struct pages count pseudo-physical "
                    "frames, the dump machine frames)")
@@ -184,13 +185,14 @@ def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_lev
     from pykexec.vmcore.elf_writer import write_elf
     from pykexec.vmcore.elfcore import ElfCore
     from pykexec.vmcore.filtering import excluded_pages
-    from pykexec.vmcore.kdump_writer import PageCompressor, default_threads, write_kdump
+    from pykexec.vmcore.kdump_writer import write_kdump
+    from pykexec.vmcore.page_codecs import PageCompressor, default_threads
     from pykexec.vmcore.paging import PageTables
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r} (expected kdump or elf)")
     if compress not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compress!r} (expected zstd, zlib or none)")
+        raise UsageError(f"unknown compression {compress!r} (expected {', '.join(COMPRESSIONS[:-1])} or none)")
     lo, hi = LEVELS.get(compress, (level, level))
     if not lo <= level <= hi:
         raise UsageError(f"{compress} level {level} out of range ({lo} to {hi})")
