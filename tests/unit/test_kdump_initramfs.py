@@ -24,6 +24,7 @@ from pykexec.kdump.cpio_reader import CpioEntry, read_initramfs_file
 from pykexec.kdump.kmods import ModuleIndex
 from pykexec.kdump.paths import Paths
 from pykexec.kdump.pyclosure import interpreter
+from pykexec.vmcore.kdump import KdumpFile
 
 from support.crash_dump import PANIC, synthetic_crash
 from support.kdump_system import make_system as system_root
@@ -158,12 +159,10 @@ def test_module_index_without_modules_dep_reads_modinfo() -> None:
     assert index.contents("virtio_blk")[:4] == b"\x7fELF"  # .ko.xz in 6.12 packages
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-def test_the_initramfs_python_runs_a_capture(built: tuple[Paths, dict[str, CpioEntry]], tmp_path: Path) -> None:
-    """Unpacked, the archive's own interpreter runs the capture in a chroot (the kernel's
-    part faked: no mount, no reboot): every module it imports is in the archive."""
-    _, entries = built
-    root = tmp_path / "initramfs"
+def _capture_in_chroot(entries: dict[str, CpioEntry], root: Path) -> tuple[Path, set[str]]:
+    """Unpacked at ``root``, the archive's own interpreter runs the capture in a chroot
+    (the kernel's part faked: no mount, no reboot); the crash directory it made and the
+    modules it imported."""
     for e in entries.values():
         path = root / e.name
         if e.is_dir:
@@ -186,10 +185,33 @@ def test_the_initramfs_python_runs_a_capture(built: tuple[Paths, dict[str, CpioE
     assert "ACTION reboot" in res.stdout and "pykexec-kdump: dump saved" in res.stdout, res.stdout
     (crash,) = list((root / "mnt" / "target" / "var" / "crash").iterdir())
     assert json.loads((crash / "record.json").read_text())["complete"] is True
+    return crash, set(res.stdout.split("MODULES ", 1)[1].split())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_the_initramfs_python_runs_a_capture(built: tuple[Paths, dict[str, CpioEntry]], tmp_path: Path) -> None:
+    """Every module the capture imports is in the archive."""
+    _, entries = built
+    crash, imported = _capture_in_chroot(entries, tmp_path / "initramfs")
     assert PANIC in (crash / "dmesg.txt").read_bytes()
     # only what the capture needs was imported: no site, no argparse-free surprises
-    imported = set(res.stdout.split("MODULES ", 1)[1].split())
     assert "site" not in imported and "zstandard" in imported
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+@pytest.mark.parametrize("kind,module,flag", [("lzo", "lzallright", 0x2), ("snappy", "cramjam", 0x4)])
+def test_lzo_and_snappy_captures_carry_their_codec_alone(tmp_path: Path, kind: str, module: str, flag: int) -> None:
+    """A configured lzo or snappy capture: its codec's library is in the archive (and
+    loads there), the other codecs' are not; the dump saved says it is lzo or snappy."""
+    paths = make_system(tmp_path / "system")
+    out = I.build(KdumpConfig(dump_level=17, compression=kind), paths, release=RELEASE)
+    entries = {e.name: e for e in read_initramfs_file(out, want=lambda name: True)}
+    packages = {name.split("/")[2] for name in entries if name.startswith("kdump/python/")}
+    assert module in packages and not {"zstandard", "lzallright", "cramjam"} - {module} & packages
+    crash, imported = _capture_in_chroot(entries, tmp_path / "initramfs")
+    assert module in imported
+    with KdumpFile(crash / "vmcore") as dump:
+        assert dump.header.status == flag and not dump.incomplete
 
 
 #: Run by the archive's interpreter in the chroot: the capture with the kernel's part faked.

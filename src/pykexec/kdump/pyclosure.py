@@ -129,12 +129,17 @@ def _search_root(path: str, roots: list[str]) -> str | None:
     return None
 
 
-def python_files(entries: Iterable[str], packages_dir: str, executable: str | None = None) -> list[PythonFile]:
+def python_files(entries: Iterable[str], packages_dir: str, executable: str | None = None,
+                 leave_out: Iterable[str] = ()) -> list[PythonFile]:
     """What the capture's modules need, as files of the initramfs: the standard library's
     at their places (the interpreter finds them there), the rest (pykexec,
     zstandard) under ``packages_dir``.  ``.py`` files become ``.pyc`` beside where
-    the source would be (the sourceless form the interpreter imports)."""
+    the source would be (the sourceless form the interpreter imports).  The top-level
+    packages ``leave_out`` names are not imported (only a function imports them) unless
+    something else imports them on its own."""
     mine, others = import_closure(entries)
+    skipped = set(leave_out)
+    others = {name for name in others if name.split(".")[0] not in skipped}
     names = sorted(mine | others | set(EXTRA_MODULES))
     roots = sorted({str(_path_entry(name)) for name in mine | {n.split(".")[0] for n in others}
                     if not _is_stdlib(name) and _path_entry(name) is not None}, key=len, reverse=True)

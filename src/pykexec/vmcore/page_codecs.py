@@ -129,7 +129,9 @@ class PageCompressor:
                 self._pages = _snappy_pages(library.snappy)
                 self.threads = 1
         if self._pages is not None and self.threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
+            # Named by its module: concurrent.futures finds it on first use, which the
+            # crash initramfs's import closure would not see.
+            from concurrent.futures.thread import ThreadPoolExecutor
 
             self._executor = ThreadPoolExecutor(self.threads)
 
