@@ -124,14 +124,16 @@ def test_capture_saves_log_dump_and_record(tmp_path: Path, dump: Path) -> None:
 def test_full_target_keeps_the_log_and_marks_the_dump_incomplete(tmp_path: Path, dump: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The target fills up after 64 KiB of dump: ENOSPC from the writer, as a small disk gives."""
-    from pykexec.vmcore import kdump_writer, output
+    from pykexec.vmcore import output
 
-    def small_disk(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    write_at = output.FileOutput.write_at
+
+    def small_disk(self: output.FileOutput, data: bytes | bytearray | memoryview, offset: int) -> None:
         if offset + len(data) > 64 << 10:
             raise OSError(errno.ENOSPC, "No space left on device")
-        output.pwrite_all(fd, data, offset)
+        write_at(self, data, offset)
 
-    monkeypatch.setattr(kdump_writer, "pwrite_all", small_disk)
+    monkeypatch.setattr(output.FileOutput, "write_at", small_disk)
     action, _, console, target = run(tmp_path, dump, KdumpConfig(failure_action="halt"))
     assert action == "halt"
     (crash,) = list(target.iterdir())

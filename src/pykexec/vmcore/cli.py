@@ -37,8 +37,11 @@ COMMANDS = {
     "info": ("pykexec vmcore info [--json] PATH",
              "what a dump holds: notes, each CPU's registers, VMCOREINFO, Xen's crash information"),
     "save": ("pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|lzo|snappy|none] [--level N]\n"
-             "                           [-d LEVEL] [--threads N] [-c|-z|-l|-p|-E] [--force] SRC DST",
+             "                           [-d LEVEL] [--threads N] [-c|-z|-l|-p|-E] [--force] SRC DST\n"
+             "       pykexec vmcore save -F [OPTIONS] SRC > STREAM",
              "save a dump kdump-compressed (as makedumpfile -d 31 does) or as a filtered ELF core"),
+    "reassemble": ("pykexec vmcore reassemble [--force] [SRC|-] DST",
+                   "rebuild a dump from a flattened stream (-F), as makedumpfile -R does"),
 }
 
 DMESG_DESCRIPTION = """\
@@ -58,7 +61,12 @@ Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
 kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
 By default (-d 31) zero, page-cache, user and free pages are left out, as
 makedumpfile -d 31 leaves them out; every other page is compressed.  Dumps
-of a Xen machine keep every non-zero page."""
+of a Xen machine keep every non-zero page.
+
+With -F (or DST -) the dump goes to standard output in makedumpfile's flattened
+format, which needs no seeking: through a pipe, e.g. | ssh HOST 'cat > vmcore.flat'.
+pykexec vmcore and crash read such a stream as it is; pykexec vmcore reassemble
+or makedumpfile -R rebuild the file from it."""
 
 SAVE_EPILOG = """\
 A dump that stops early (read error, full disk) is kept, flagged incomplete
@@ -254,23 +262,34 @@ def save_parser() -> Parser:
                         help="makedumpfile's spelling of --compress zstd")
     parser.add_argument("-E", dest="fmt", action="store_const", const="elf", default=unset,
                         help="makedumpfile's spelling of --format elf")
+    parser.add_argument("-F", "--flatten", action="store_true", default=unset,
+                        help="write to standard output, in makedumpfile's flattened format (as makedumpfile -F)")
     parser.add_argument("-l", dest="compress", action="store_const", const="lzo", default=unset,
                         help="makedumpfile's spelling of --compress lzo")
     parser.add_argument("-p", dest="compress", action="store_const", const="snappy", default=unset,
                         help="makedumpfile's spelling of --compress snappy")
     parser.add_argument("-f", "--force", action="store_true", default=unset, help="overwrite DST if it exists")
     parser.add_argument("operands", nargs="*", metavar="SRC DST",
-                        help="the dump to read (/proc/vmcore, an ELF core) and the file to write")
+                        help="the dump to read (/proc/vmcore, an ELF core) and the file to write "
+                             "(-: standard output, as -F)")
     return parser
 
 
 def parse_save_args(argv: Sequence[str]) -> dict[str, object] | None:
     """Options of ``vmcore save`` as keyword arguments of
     :func:`pykexec.vmcore.save.save`; None for --help."""
+    from pykexec.vmcore.output import STDOUT
+
     opts = vars(save_parser().parse_anywhere(argv))
     if opts.pop("help"):
         return None
     paths = opts.pop("operands")
+    if opts.pop("flatten", False):
+        if paths[1:] == [STDOUT]:
+            paths = paths[:1]
+        if len(paths) != 1:
+            raise UsageError("-F writes to standard output: expected SRC alone (redirect the output)")
+        paths.append(STDOUT)
     if len(paths) != 2:
         raise UsageError("expected SRC and DST")
     opts["src"], opts["dst"] = paths
@@ -280,19 +299,22 @@ def parse_save_args(argv: Sequence[str]) -> dict[str, object] | None:
 def save_command(argv: Sequence[str]) -> int:
     """``pykexec vmcore save ...``; returns the exit status (one line on stderr on failure)."""
     from pykexec.vmcore import save as save_mod
+    from pykexec.vmcore.output import STDOUT
 
     try:
         opts = parse_save_args(argv)
         if opts is None:
             sys.stdout.write(save_parser().format_help())
             return 0
+        if opts["dst"] == STDOUT and sys.stdout.isatty():
+            raise UsageError("standard output is a terminal: redirect the dump (> FILE, | ssh HOST 'cat > FILE')")
         result = save_mod.save(**opts)  # type: ignore[arg-type]  # the keywords parse_save_args made
     except KexecError as err:
         return report(err, "pykexec vmcore save")
     except KeyboardInterrupt:
         sys.stderr.write("pykexec: interrupted; the dump is flagged incomplete\n")
         return 130
-    dst = str(opts["dst"])
+    dst = "standard output" if opts["dst"] == STDOUT else str(opts["dst"])
     if result.filter_note:
         sys.stderr.write(f"pykexec: {result.filter_note}\n")
     if result.incomplete:
@@ -317,6 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, args = argv[0], argv[1:]
         if command == "save":
             return save_command(args)
+        if command == "reassemble":
+            from pykexec.vmcore import reassemble
+
+            return reassemble.command(args, _parser("reassemble", reassemble.DESCRIPTION, reassemble.EPILOG))
         if command == "info":
             shown = info(args)
             if shown is None:
@@ -331,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise VmcoreError(cut_short)
             return 0
         if command != "dmesg":
-            raise UsageError(f"unknown vmcore command {command!r} (expected: dmesg, info or save)")
+            raise UsageError(f"unknown vmcore command {command!r} (expected: dmesg, info, save or reassemble)")
         opts = parse_dmesg_args(args)
         if opts is None:
             sys.stdout.write(dmesg_parser().format_help())

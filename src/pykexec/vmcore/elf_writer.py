@@ -15,12 +15,10 @@ as on makedumpfile -E output; our reader reads zeros there).  Notes are copied i
 one PT_NOTE; ``e_flags = 1`` marks an incomplete dump, as makedumpfile does.  The
 header and program headers are rewritten at the end (space for the most program
 headers the selection can need is kept after the ELF header, where crash(8)
-expects them).
+expects them); in a flattened stream (``-F``) they are written only then, once.
 """
 
 from __future__ import annotations
-
-import os
 
 from pykexec.layouts.elf import (
     EHDR64_FMT,
@@ -36,7 +34,7 @@ from pykexec.layouts.elf import (
 )
 from pykexec.vmcore.elfcore import PN_XNUM
 from pykexec.vmcore.errors import VmcoreError
-from pykexec.vmcore.output import CHUNK_PAGES, create, note_blob, pwrite_all
+from pykexec.vmcore.output import CHUNK_PAGES, note_blob, open_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,10 +69,11 @@ def elf_header(machine: int, phnum: int, incomplete: bool) -> bytes:
                            _EHDR, _PHDR, PN_XNUM if xnum else phnum, _SHDR if xnum else 0, 1 if xnum else 0, 0)
 
 
-def write_elf(core: ElfCore, dst: str, force: bool, *, kept: list[tuple[int, int]], page: int, bar: Progress,
+def write_elf(core: ElfCore, dst: str | int, force: bool, *, kept: list[tuple[int, int]], page: int, bar: Progress,
               result: SaveResult, exclude_zero: bool) -> None:
-    """Write the ``kept`` pages of ``core`` to a new file ``dst`` as a filtered ELF core
-    (see the module docstring for the layout), filling ``result``."""
+    """Write the ``kept`` pages of ``core`` to a new file ``dst`` (or a flattened stream:
+    :func:`~pykexec.vmcore.output.open_output`) as a filtered ELF core (see the module
+    docstring for the layout), filling ``result``."""
     loads = list(core.loads)
     # Kept pfn ranges of each source segment, and the most PT_LOADs they can need.
     per_load: list[list[tuple[int, int]]] = []
@@ -90,18 +89,19 @@ def write_elf(core: ElfCore, dst: str, force: bool, *, kept: list[tuple[int, int
     note_off = head
     data_start = -(-(note_off + len(notes)) // page) * page
 
-    fd = create(dst, force)
+    out = open_output(dst, force)
     pieces: list[_ElfPiece] = []
-    src_fd = os.open(core.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     end_of_data = data_start
     try:
         try:
-            # Incomplete until the end: a header with only the notes, flagged.
+            # Incomplete until the end: a header with only the notes, flagged (a stream
+            # has its end marker, and one header: see the kdump writer's docstring).
             note_ph = PHDR64_FMT.pack(PT_NOTE, 0, note_off, 0, 0, len(notes), len(notes), 0)
-            pwrite_all(fd, elf_header(core.machine, 1, True) + note_ph, 0)
-            pwrite_all(fd, notes, note_off)
+            if not out.marks_end:
+                out.write_at(elf_header(core.machine, 1, True) + note_ph, 0)
+            out.write_at(notes, note_off)
         except OSError as err:
-            raise VmcoreError(f"{dst}: cannot write: {err.strerror}") from None
+            raise VmcoreError(f"{out.name}: cannot write: {err.strerror}") from None
         buf = bytearray(CHUNK_PAGES * page)
         zero_page = bytes(page)
         next_off = data_start
@@ -132,7 +132,7 @@ def write_elf(core: ElfCore, dst: str, force: bool, *, kept: list[tuple[int, int
                         result.incomplete = f"{core.path} is truncated at offset {seg.offset + seg.avail:#x}"
                     if want > 0:
                         try:
-                            got = os.preadv(src_fd, [view[lead:lead + want]], seg.offset + a - seg.paddr)
+                            got = core.readinto(view[lead:lead + want], seg.offset + a - seg.paddr)
                         except OSError as err:
                             result.incomplete = f"read error in {core.path}: {err.strerror}"
                             break
@@ -163,10 +163,9 @@ def write_elf(core: ElfCore, dst: str, force: bool, *, kept: list[tuple[int, int
                                 next_off = cur.offset + cur.filesz
                                 cur = start_piece(ra)
                             try:
-                                pwrite_all(fd, view[ra - pfn * page:rb - pfn * page],
-                                           cur.offset + (ra - cur.paddr))
+                                out.write_at(view[ra - pfn * page:rb - pfn * page], cur.offset + (ra - cur.paddr))
                             except OSError as err:
-                                result.incomplete = f"cannot write {dst}: {err.strerror}"
+                                result.incomplete = f"cannot write {out.name}: {err.strerror}"
                                 break
                             cur.filesz = rb - cur.paddr
                             last = rb
@@ -197,15 +196,14 @@ def write_elf(core: ElfCore, dst: str, force: bool, *, kept: list[tuple[int, int
         if len(phdrs) >= PN_XNUM:  # section header 0: sh_info = the real count
             table += SHDR64_FMT.pack(0, 0, 0, 0, 0, 0, 0, len(phdrs), 0, 0)
         try:
-            os.ftruncate(fd, max(end_of_data, data_start))  # trailing left-out pages: holes
-            pwrite_all(fd, table, _EHDR)
+            out.extend_to(max(end_of_data, data_start))  # trailing left-out pages: holes
+            out.write_at(table, _EHDR)
             if not result.incomplete:
-                os.fdatasync(fd)
-            pwrite_all(fd, elf_header(core.machine, len(phdrs), bool(result.incomplete)), 0)
-            os.fsync(fd)
+                out.sync_data()
+            out.write_at(elf_header(core.machine, len(phdrs), bool(result.incomplete)), 0)
+            out.finish()
         except OSError as err:
-            result.incomplete = result.incomplete or f"cannot finish {dst}: {err.strerror}"
-        result.out_bytes = os.fstat(fd).st_size
+            result.incomplete = result.incomplete or f"cannot finish {out.name}: {err.strerror}"
+        result.out_bytes = out.size()
     finally:
-        os.close(src_fd)
-        os.close(fd)
+        out.close()

@@ -2,7 +2,8 @@
 
 The file is memory-mapped (read-only) and never read as a whole: reads that
 fall inside one PT_LOAD's file bytes are zero-copy ``memoryview`` slices of
-the map.  Only reads that straddle segments or run into the zero-filled
+the map (of a flattened stream's map, through :class:`~pykexec.vmcore.flattened.FlattenedFile`,
+when one record holds them).  Only reads that straddle segments or run into the zero-filled
 tail of a segment (``p_filesz < p_memsz``) are assembled into new bytes,
 and those are capped at :data:`MAX_COPY`.
 
@@ -39,8 +40,13 @@ from pykexec.layouts.elf import (
     NoteFormatError,
     iter_notes,
 )
-from pykexec.vmcore.errors import VmcoreError, open_error
+from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.mapping import map_readonly
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pykexec.vmcore.flattened import FlattenedFile
 
 #: Largest read that has to be copied together (straddling segments or zero fill).
 MAX_COPY = 256 << 20
@@ -81,39 +87,42 @@ class ElfCore:
 
     format = "elf64"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], source: FlattenedFile | None = None) -> None:
+        """``source``: the flattened stream at ``path``, already indexed, read as the
+        core it rebuilds (:func:`pykexec.vmcore.open.open_dump` passes it)."""
         self.path = os.fspath(path)
         self._map: mmap.mmap | None = None
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as err:
-            raise open_error(self.path, err) from None
-        try:
-            size = os.fstat(fd).st_size
-            if os.path.isdir(self.path):
-                raise VmcoreError(f"{self.path}: is a directory")
-            if size < EHDR64_FMT.size:
-                raise VmcoreError(f"{self.path}: not an ELF file (only {size} bytes)")
-            try:
-                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as err:
-                raise VmcoreError(f"{self.path}: cannot map the file: {err}") from None
-        finally:
-            os.close(fd)
-        self._mv = memoryview(self._map)
-        self.size = len(self._mv)
+        self._source = source
+        self._fd = -1  # for readinto, opened on first use
+        if source is not None:
+            self._view = source.view
+            self.size = source.size
+            if self.size < EHDR64_FMT.size:
+                source.close()
+                raise VmcoreError(f"{self.path}: not an ELF file (a flattened stream of only {self.size} bytes)")
+        else:
+            self._map_file()
         try:
             self._parse()
         except BaseException:
             self.close()
             raise
 
+    def _map_file(self) -> None:
+        self._map = map_readonly(self.path, EHDR64_FMT.size, lambda size: f"not an ELF file (only {size} bytes)")
+        self._mv = memoryview(self._map)
+        self.size = len(self._mv)
+        self._view = self._map_view
+
+    def _map_view(self, offset: int, size: int) -> Buffer:
+        return self._mv[offset:offset + size]
+
     # -- parsing -------------------------------------------------------------
     def _err(self, msg: str) -> VmcoreError:
         return VmcoreError(f"{self.path}: {msg}")
 
     def _parse(self) -> None:
-        mv = self._mv
+        mv = self._view(0, EHDR64_FMT.size)
         if bytes(mv[:4]) != ELFMAG:
             raise self._err("not an ELF file")
         if mv[EI_CLASS] == ELFCLASS32:
@@ -130,7 +139,7 @@ class ElfCore:
             # Extended numbering: the real count is sh_info of section header 0.
             if shoff + 64 > self.size:
                 raise self._err("truncated: section header 0 (extended phnum) past the end of the file")
-            phnum = _U32.unpack_from(mv, shoff + 44)[0]
+            phnum = _U32.unpack(self._view(shoff + 44, 4))[0]
         if phnum and phentsize != PHDR64_FMT.size:
             raise self._err(f"unexpected program header size {phentsize}")
         if phoff + phnum * PHDR64_FMT.size > self.size:
@@ -140,7 +149,7 @@ class ElfCore:
         self.notes: list[Note] = []
         note_bytes = 0
         for (p_type, _pflags, off, vaddr, paddr, filesz, memsz, _align) in PHDR64_FMT.iter_unpack(
-                mv[phoff:phoff + phnum * PHDR64_FMT.size]):
+                self._view(phoff, phnum * PHDR64_FMT.size)):
             if p_type == PT_LOAD:
                 if memsz == 0:
                     continue
@@ -154,7 +163,7 @@ class ElfCore:
                 if off + filesz > self.size:
                     raise self._err("truncated: PT_NOTE runs past the end of the file")
                 try:
-                    for note in iter_notes(mv[off:off + filesz]):
+                    for note in iter_notes(self._view(off, filesz)):
                         if len(self.notes) >= MAX_NOTES:
                             raise self._err(f"more than {MAX_NOTES} notes: corrupt program headers")
                         self.notes.append(note)
@@ -221,7 +230,7 @@ class ElfCore:
         seg, a, phys = self._translate(addr, physical)
         rel = a - (seg.paddr if phys else seg.vaddr)
         if rel + size <= seg.avail:
-            return self._mv[seg.offset + rel:seg.offset + rel + size]
+            return self._view(seg.offset + rel, size)
         if size > MAX_COPY:
             raise VmcoreError(f"refusing to assemble a {size}-byte read at {addr:#x} "
                               f"(more than {MAX_COPY >> 20} MiB across segments)")
@@ -229,7 +238,7 @@ class ElfCore:
         while True:
             if rel < seg.avail:
                 n = min(size - len(out), seg.avail - rel)
-                out += self._mv[seg.offset + rel:seg.offset + rel + n]
+                out += self._view(seg.offset + rel, n)
                 rel += n
             if len(out) < size and rel < seg.filesz:
                 raise VmcoreError(f"{self.path}: truncated: address {addr + len(out):#x} "
@@ -250,8 +259,23 @@ class ElfCore:
     def u32(self, addr: int, *, physical: bool = False) -> int:
         return int(_U32.unpack_from(self.read(addr, 4, physical=physical))[0])
 
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        """Bytes of the file at ``offset`` into ``buf``, with pread(2) (as ``os.preadv``):
+        how the writers of ``vmcore save`` copy pages, as a bad page of /proc/vmcore is
+        then an OSError where the map would raise SIGBUS."""
+        if self._source is not None:
+            return self._source.readinto(buf, offset)
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return os.preadv(self._fd, [buf], offset)
+
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._source is not None:
+            self._source.close()
         if self._map is not None:
             try:
                 self._mv.release()

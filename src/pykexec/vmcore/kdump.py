@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from pykexec.layouts.elf import Note
+    from pykexec.vmcore.flattened import FlattenedFile
     from pykexec.vmcore.elfcore import Load
 
 _U64 = struct.Struct("<Q")
@@ -39,17 +40,22 @@ class KdumpFile:
     ``vmcoreinfo``, ``max_mapnr``, ``block_size``, ``incomplete``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], source: FlattenedFile | None = None) -> None:
+        """``source``: the flattened stream at ``path``, already indexed, read as the
+        file it rebuilds (:func:`pykexec.vmcore.open.open_dump` passes it)."""
         self.path = os.fspath(path)
+        self._source = source
+        self._fd = -1
+        if source is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as err:
+                raise VmcoreError(f"{self.path}: cannot open: {err.strerror}") from None
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as err:
-            raise VmcoreError(f"{self.path}: cannot open: {err.strerror}") from None
-        try:
-            self._size = os.fstat(self._fd).st_size
+            self._size = source.size if source is not None else os.fstat(self._fd).st_size
             self._parse()
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
         self._dec: dict[int, Callable[[bytes, int], bytes]] = {}
 
@@ -62,14 +68,14 @@ class KdumpFile:
         if size < 0 or offset < 0 or offset + size > self._size:
             raise self._err(f"corrupt or truncated: {size:#x} bytes at offset {offset:#x} run past the end "
                             f"of the {self._size:#x}-byte file")
-        data = os.pread(self._fd, size, offset)
+        data = self._read(size, offset)
         if len(data) != size:
             raise self._err(f"truncated: {size} bytes at offset {offset:#x} past the end of the file")
         return data
 
     def _parse(self) -> None:
         hsize = L.ctypes.sizeof(L.DiskDumpHeader)
-        raw = os.pread(self._fd, hsize, 0)
+        raw = self._read(hsize, 0)
         if len(raw) < hsize or raw[:8] != L.KDUMP_SIGNATURE:
             raise self._err("not a kdump-compressed file (no \"KDUMP   \" signature)")
         self.header = h = L.DiskDumpHeader.from_buffer_copy(raw)
@@ -81,7 +87,9 @@ class KdumpFile:
         sub_raw = self._pread(L.ctypes.sizeof(L.KdumpSubHeader), bs * L.DISKDUMP_HEADER_BLOCKS)
         self.sub = s = L.KdumpSubHeader.from_buffer_copy(sub_raw)
         self.max_mapnr = s.max_mapnr_64 if h.header_version >= 6 else h.max_mapnr
-        self.incomplete = bool(h.status & L.DUMP_DH_COMPRESSED_INCOMPLETE)
+        # A flattened stream without its end marker was cut short: whatever its header says.
+        self.incomplete = bool(h.status & L.DUMP_DH_COMPRESSED_INCOMPLETE) or (
+            self._source is not None and not self._source.complete)
         self.notes: list[Note] = []
         if h.header_version >= 4 and s.size_note:
             try:
@@ -183,10 +191,17 @@ class KdumpFile:
         return bytes(out)
 
     # -- lifetime ----------------------------------------------------------------
+    def _read(self, size: int, offset: int) -> bytes:
+        if self._source is not None:
+            return self._source.pread(size, offset)
+        return os.pread(self._fd, size, offset)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._source is not None:
+            self._source.close()
 
     def __enter__(self) -> "KdumpFile":
         return self
@@ -202,8 +217,8 @@ class KdumpCore:
 
     format = "kdump-compressed"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._file = KdumpFile(path)
+    def __init__(self, path: str | os.PathLike[str], source: FlattenedFile | None = None) -> None:
+        self._file = KdumpFile(path, source)
         self.path = self._file.path
         self.notes = self._file.notes
         self.vmcoreinfo = self._file.vmcoreinfo

@@ -19,7 +19,9 @@ Crash safety: the header says ``DUMP_DH_COMPRESSED_INCOMPLETE`` from the first
 write and is rewritten without it only after everything else is on disk
 (``fdatasync``), so a dump cut short by a read error, a full disk or a power cut
 is still flagged as makedumpfile flags one.  Descriptors of pages never reached
-stay zero.
+stay zero.  A flattened stream (``vmcore save -F``) says it is whole with its end
+marker instead: its header is written once, unflagged, and again (flagged) only if
+the copy stopped early, so that a whole stream has no two records at one offset.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import time
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
 from pykexec.vmcore.errors import VmcoreError
-from pykexec.vmcore.output import CHUNK_PAGES, create, note_blob, pwrite_all
+from pykexec.vmcore.output import CHUNK_PAGES, note_blob, open_output
 from pykexec.vmcore.pfn_runs import set_bits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pykexec.vmcore.dump_memory import DumpMemory
     from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.output import Output
     from pykexec.vmcore.page_codecs import PageCompressor
     from pykexec.vmcore.paging import PageTables
     from pykexec.vmcore.save import Progress, Run, SaveResult
@@ -125,13 +128,14 @@ def _headers(core: ElfCore, info: VmcoreInfo | None, tables: PageTables | None, 
 
 # -- the file ------------------------------------------------------------------------------
 
-def write_kdump(core: ElfCore, dst: str, force: bool, *, runs: list[Run], ram: list[tuple[int, int]],
+def write_kdump(core: ElfCore, dst: str | int, force: bool, *, runs: list[Run], ram: list[tuple[int, int]],
                 kept: list[tuple[int, int]], page: int, dump_level: int, info: VmcoreInfo | None,
                 tables: PageTables | None, xen: bool, pool: PageCompressor, bar: Progress,
                 result: SaveResult) -> None:
     """Write the ``kept`` pages of ``core`` (``ram``: every page it holds, found in
-    the file through ``runs``) to a new kdump-compressed file ``dst``, filling
-    ``result``; ``info`` and ``tables`` give the header its uname and phys_base."""
+    the file through ``runs``) to a new kdump-compressed file ``dst`` (or a flattened
+    stream: :func:`~pykexec.vmcore.output.open_output`), filling ``result``; ``info``
+    and ``tables`` give the header its uname and phys_base."""
     # -- layout ----------------------------------------------------------------
     max_mapnr = max(r.end for r in runs)
     num_kept = sum(e - s for s, e in kept)
@@ -152,44 +156,45 @@ def write_kdump(core: ElfCore, dst: str, force: bool, *, runs: list[Run], ram: l
     data_off = pd_off + num_kept * L.PAGE_DESC_FMT.size
 
     # -- write -----------------------------------------------------------------
-    fd = create(dst, force)
+    out = open_output(dst, force)
+    final_status = L.COMPRESSION_FLAGS[pool.kind]
+    if out.marks_end:  # a stream says it is whole with its end marker
+        hdr.status = final_status
     try:
         try:
             head = bytearray(bitmap_off)
             head[:ctypes.sizeof(hdr)] = bytes(hdr)
             head[page:page + sub_size] = bytes(sub)
             head[page + sub_size:page + sub_size + len(notes)] = notes
-            pwrite_all(fd, bytes(head), 0)
-            pwrite_all(fd, bytes(bitmap1) + bytes(bitmap2), bitmap_off)
+            out.write_at(bytes(head), 0)
+            out.write_at(bytes(bitmap1) + bytes(bitmap2), bitmap_off)
             del bitmap1, bitmap2
             zero_page = bytes(page)
-            pwrite_all(fd, zero_page, data_off)  # the page every zero page points at
+            out.write_at(zero_page, data_off)  # the page every zero page points at
         except OSError as err:
-            raise VmcoreError(f"{dst}: cannot write: {err.strerror}") from None
-        _copy_pages(core, fd, runs, kept, page, pd_off, data_off, pool, bar, result, dst,
+            raise VmcoreError(f"{out.name}: cannot write: {err.strerror}") from None
+        _copy_pages(core, out, runs, kept, page, pd_off, data_off, pool, bar, result,
                     exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
         bar.finish()
-        if not result.incomplete:
-            try:
-                os.fdatasync(fd)
-                hdr.status = L.COMPRESSION_FLAGS[pool.kind]
-                pwrite_all(fd, bytes(hdr), 0)
-                os.fsync(fd)
-            except OSError as err:
-                result.incomplete = f"cannot finish {dst}: {err.strerror}"
-        else:
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-        result.out_bytes = os.fstat(fd).st_size
+        if result.incomplete:
+            final_status |= L.DUMP_DH_COMPRESSED_INCOMPLETE
+        try:
+            if hdr.status != final_status:
+                out.sync_data()  # the pages on disk before the header that says they are
+                hdr.status = final_status
+                out.write_at(bytes(hdr), 0)
+            out.finish()
+        except OSError as err:
+            if not result.incomplete:
+                result.incomplete = f"cannot finish {out.name}: {err.strerror}"
+        result.out_bytes = out.size()
     finally:
-        os.close(fd)
+        out.close()
 
 
-def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, int]], page: int,
+def _copy_pages(core: ElfCore, out: Output, runs: list[Run], kept: list[tuple[int, int]], page: int,
                 pd_off: int, data_off: int, pool: PageCompressor, bar: Progress, result: SaveResult,
-                dst: str, *, exclude_zero: bool) -> None:
+                *, exclude_zero: bool) -> None:
     """Stream every kept page: read, test for zero, compress, append; descriptors as we go.
 
     Kept pages are gathered into batches of :data:`CHUNK_PAGES` (one ``preadv``
@@ -206,7 +211,6 @@ def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, i
     buf = bytearray(CHUNK_PAGES * page)
     view = memoryview(buf)
     zero_chunk = bytes(len(buf))
-    src_fd = os.open(core.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     def flush(n: int) -> bool:
         """Compress and write the first ``n`` pages of the batch; False on a write error."""
@@ -243,10 +247,10 @@ def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, i
         try:
             if pieces:
                 data = b"".join(pieces)  # type: ignore[arg-type]
-                pwrite_all(fd, data, out_pos - len(data))
-            pwrite_all(fd, descs, pd_off + pd_index * pd.size)
+                out.write_at(data, out_pos - len(data))
+            out.write_at(descs, pd_off + pd_index * pd.size)
         except OSError as e:
-            result.incomplete = f"cannot write {dst}: {e.strerror}"
+            result.incomplete = f"cannot write {out.name}: {e.strerror}"
             return False
         pd_index += n
         result.saved_pages = pd_index
@@ -256,44 +260,42 @@ def _copy_pages(core: ElfCore, fd: int, runs: list[Run], kept: list[tuple[int, i
 
     fill = 0  # pages in the batch
     ri = 0
-    try:
-        for start, end in kept:
-            pfn = start
-            while pfn < end:
-                while runs[ri].end <= pfn:
-                    ri += 1
-                run = runs[ri]
-                n = min(end, run.end, pfn + CHUNK_PAGES - fill) - pfn
-                nbytes = n * page
-                at = fill * page
-                # Read; zeros outside the segment (partial pages at its edges).
-                off = run.base + pfn * page
-                lo, hi = max(off, run.lo), min(off + nbytes, run.full)
-                if lo > off or hi < off + nbytes:
-                    view[at:at + nbytes] = zero_chunk[:nbytes]
-                if hi > run.hi:
-                    result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
-                    hi = max(lo, run.hi)  # save what is there, then stop
-                if hi > lo:
-                    try:
-                        got = os.preadv(src_fd, [view[at + lo - off:at + hi - off]], lo)
-                    except OSError as e:
-                        result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
-                        got = -1
-                    if got != hi - lo and not result.incomplete:
-                        result.incomplete = f"{core.path} ends at offset {lo + max(got, 0):#x} (truncated)"
-                if result.incomplete:
-                    if hi > lo and got == hi - lo:  # keep the whole pages read before the end
-                        fill += (hi - off) // page
-                    flush(fill)
+    for start, end in kept:
+        pfn = start
+        while pfn < end:
+            while runs[ri].end <= pfn:
+                ri += 1
+            run = runs[ri]
+            n = min(end, run.end, pfn + CHUNK_PAGES - fill) - pfn
+            nbytes = n * page
+            at = fill * page
+            # Read; zeros outside the segment (partial pages at its edges).
+            off = run.base + pfn * page
+            lo, hi = max(off, run.lo), min(off + nbytes, run.full)
+            if lo > off or hi < off + nbytes:
+                view[at:at + nbytes] = zero_chunk[:nbytes]
+            if hi > run.hi:
+                result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
+                hi = max(lo, run.hi)  # save what is there, then stop
+            if hi > lo:
+                try:
+                    got = core.readinto(view[at + lo - off:at + hi - off], lo)
+                except OSError as e:
+                    result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
+                    got = -1
+                if got != hi - lo and not result.incomplete:
+                    result.incomplete = f"{core.path} ends at offset {lo + max(got, 0):#x} (truncated)"
+            if result.incomplete:
+                if hi > lo and got == hi - lo:  # keep the whole pages read before the end
+                    fill += (hi - off) // page
+                flush(fill)
+                return
+            fill += n
+            pfn += n
+            if fill == CHUNK_PAGES:
+                if not flush(fill):
                     return
-                fill += n
-                pfn += n
-                if fill == CHUNK_PAGES:
-                    if not flush(fill):
-                        return
-                    fill = 0
-        if fill:
-            flush(fill)
-    finally:
-        os.close(src_fd)
+                fill = 0
+    if fill:
+        flush(fill)
+

@@ -1,7 +1,8 @@
 """``pykexec vmcore save SRC DST``: stream an ELF dump to makedumpfile's kdump-compressed
 format (:mod:`pykexec.vmcore.kdump_writer`), or (``--format elf``) to a filtered ELF
-core (:mod:`pykexec.vmcore.elf_writer`).  This module decides which pages go, runs
-the writer, and reports.
+core (:mod:`pykexec.vmcore.elf_writer`); with ``-F``, either one to standard output as
+a flattened stream (:mod:`pykexec.vmcore.output`).  This module decides which pages
+go, runs the writer, and reports.
 
 What is left out (makedumpfile's dump levels, ``-d``):
 
@@ -172,21 +173,24 @@ def _is_xen(core: ElfCore) -> bool:
     return is_xen_dump(core.notes)
 
 
-def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_level: int = DEFAULT_DUMP_LEVEL,
+def save(src: str, dst: str | int, *, compress: str = "zstd", level: int = 1, dump_level: int = DEFAULT_DUMP_LEVEL,
          force: bool = False, threads: int | None = None, progress: bool | None = None,
          fmt: str = "kdump") -> SaveResult:
-    """Write ``src`` (an ELF core, e.g. /proc/vmcore) to ``dst`` in kdump-compressed
-    format (``fmt="kdump"``) or as a filtered ELF core (``fmt="elf"``).
+    """Write ``src`` (an ELF core, e.g. /proc/vmcore, or a flattened stream of one) to
+    ``dst`` in kdump-compressed format (``fmt="kdump"``) or as a filtered ELF core
+    (``fmt="elf"``).  ``dst`` ``"-"`` (standard output) or a file descriptor (a pipe)
+    gets the same file as a flattened stream (makedumpfile -F).
 
     Returns a :class:`SaveResult`; ``result.incomplete`` is non-empty (and
     the file flagged) if the copy stopped early.  Raises :class:`UsageError`
     or :class:`VmcoreError` before anything is written.
     """
     from pykexec.vmcore.elf_writer import write_elf
-    from pykexec.vmcore.elfcore import ElfCore
     from pykexec.vmcore.filtering import excluded_pages
     from pykexec.vmcore.kdump_writer import write_kdump
     from pykexec.vmcore.page_codecs import PageCompressor, default_threads
+    from pykexec.vmcore.open import open_elf
+    from pykexec.vmcore.output import STDOUT
     from pykexec.vmcore.paging import PageTables
 
     if fmt not in FORMATS:
@@ -198,14 +202,15 @@ def save(src: str, dst: str, *, compress: str = "zstd", level: int = 1, dump_lev
         raise UsageError(f"{compress} level {level} out of range ({lo} to {hi})")
     if not 0 <= dump_level <= 31:
         raise UsageError(f"dump level {dump_level} out of range (0-31)")
-    check_paths(src, dst, force)
+    if isinstance(dst, str) and dst != STDOUT:
+        check_paths(src, dst, force)
     # The ELF format is not compressed: no compressor threads.
     pool = PageCompressor(compress, threads if threads is not None else default_threads(), level) \
         if fmt == "kdump" else None
     result = SaveResult()
     t0 = time.monotonic()
     try:
-        with ElfCore(src) as core:
+        with open_elf(src) as core:
             xen = _is_xen(core)
             # A Xen dump is machine memory in 4 KiB frames; dom0's VMCOREINFO (if any)
             # describes dom0's pseudo-physical space and is not used to filter.
