@@ -168,6 +168,7 @@ def test_record_rewritten_in_place_when_no_block_is_left(tmp_path: Path, dump: P
 
 def test_provisional_record_says_unfinished(tmp_path: Path, dump: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash kernel that dies during the dump leaves a record that says so."""
+    from pykexec.kdump import records
     from pykexec.vmcore import save
 
     def dies(*args: object, **kwargs: object) -> None:
@@ -178,7 +179,7 @@ def test_provisional_record_says_unfinished(tmp_path: Path, dump: Path, monkeypa
         run(tmp_path, dump)
     (crash,) = list((tmp_path / "root" / "mnt" / "target" / "var" / "crash").iterdir())
     record = json.loads((crash / "record.json").read_text())
-    assert record["complete"] is False and record["error"] == C.NOT_FINISHED and record["dump"] is None
+    assert record["complete"] is False and record["error"] == records.NOT_FINISHED and record["dump"] is None
     assert PANIC in (crash / "dmesg.txt").read_bytes()
 
 
@@ -238,10 +239,10 @@ def test_finish_reports_a_refused_reboot() -> None:
     assert console.lines == ["pykexec-kdump: FAILED halt: [Errno 1] reboot (halt): Operation not permitted"]
 
 
-def test_ssh_target_gets_the_log_and_a_record_without_dump(tmp_path: Path, dump: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """ssh runs the remote command here (a fake ssh): the crash directory on the "host"
-    holds the log and a record that says the dump is missing (streaming is issue 14)."""
+def ssh_capture(tmp_path: Path, dump: Path, monkeypatch: pytest.MonkeyPatch,
+                fake_ssh: str) -> tuple[str, Path, Lines, Path]:
+    """A capture to ssh://kdump@backup.example<tmp>/remote whose ssh is ``fake_ssh`` (a
+    shell script that gets ssh's arguments, the remote command last, and runs it here)."""
     from pykexec.kdump import capture_ssh
     from pykexec.kdump.capture_plan import Network
 
@@ -250,20 +251,73 @@ def test_ssh_target_gets_the_log_and_a_record_without_dump(tmp_path: Path, dump:
     (root / "sys" / "class" / "net" / "eth0" / "address").write_text("52:54:00:12:34:56\n")
     ssh = root / "usr" / "bin" / "ssh"
     ssh.parent.mkdir(parents=True)
-    ssh.write_text('#!/bin/sh\nfor last; do :; done\necho "$@" >> "$(dirname "$0")/ssh.log"\nexec sh -c "$last"\n')
+    ssh.write_text(fake_ssh)
     ssh.chmod(0o755)
     raised: list[tuple[str, str]] = []
     monkeypatch.setattr(capture_ssh, "bring_up", lambda name, network: raised.append((name, network.address)))
     remote = tmp_path / "remote"
     network = Network("52:54:00:12:34:56", "10.0.2.15", 24, "10.0.2.2", "10.0.2.2")
     ssh_plan = CapturePlan("6.1.0-synthetic", "ssh", [], network=network, wait_seconds=1)
-    config = KdumpConfig(target=f"ssh://kdump@backup.example{remote}", failure_action="poweroff")
+    config = KdumpConfig(target=f"ssh://kdump@backup.example{remote}", failure_action="halt",
+                         final_action="poweroff")
     console = Lines()
     action = C.Capture(ssh_plan, config, FakeSystem(), console, root=str(root), vmcore=str(dump)).run()
-    assert action == "poweroff" and raised == [("eth0", "10.0.2.15")]
+    assert raised == [("eth0", "10.0.2.15")]
+    return action, remote, console, ssh.parent / "ssh.log"
+
+
+#: ssh that runs the remote command here, logging its arguments.
+FAKE_SSH = '#!/bin/sh\nfor last; do :; done\necho "$@" >> "$(dirname "$0")/ssh.log"\nexec sh -c "$last"\n'
+
+
+def test_ssh_target_gets_the_dump_as_a_flattened_stream(tmp_path: Path, dump: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dump streams through ``ssh HOST 'cat > .../vmcore.flat.part'``, renamed once
+    complete: the stream rebuilds the very file a local capture writes, and kdump list,
+    show and vmcore read it where it lies."""
+    from pykexec.kdump.crashes import describe
+    from pykexec.vmcore.reassemble import reassemble
+    from pykexec.vmcore.save import save
+
+    action, remote, console, log = ssh_capture(tmp_path, dump, monkeypatch, FAKE_SSH)
+    assert action == "poweroff", console.lines
     (crash,) = list(remote.iterdir())
-    assert PANIC in (crash / "dmesg.txt").read_bytes() and not list(crash.glob("*.part"))
+    assert sorted(p.name for p in crash.iterdir()) == ["dmesg.txt", "record.json", "vmcore.flat"]
+    assert PANIC in (crash / "dmesg.txt").read_bytes()
     (listed,) = list_records(remote)
-    assert not listed.complete and listed.dump is None and capture_ssh.NO_STREAM in (listed.error or "")
-    call = (ssh.parent / "ssh.log").read_text().splitlines()[0]
-    assert "kdump@10.0.2.2" in call and "BatchMode=yes" in call and "StrictHostKeyChecking=no" in call
+    assert listed.complete and listed.error is None and listed.dump == "vmcore.flat"
+    assert listed.dump_bytes == (crash / "vmcore.flat").stat().st_size and listed.panic == PANIC.decode()
+    direct = tmp_path / "direct"
+    save(str(dump), str(direct), progress=False)   # what a local capture writes (zstd, -d 31)
+    with open(crash / "vmcore.flat", "rb") as s, open(tmp_path / "rebuilt", "wb") as d:
+        assert reassemble(s.fileno(), d.fileno()).complete
+    assert (tmp_path / "rebuilt").read_bytes() == direct.read_bytes()
+    with open_dump(crash / "vmcore.flat") as saved, open_dump(dump) as source:
+        assert saved.format == "kdump-compressed"
+        assert saved.read(RANDOM_PADDR, RANDOM_BYTES, physical=True) == source.read(RANDOM_PADDR, RANDOM_BYTES,
+                                                                                     physical=True)
+    assert describe(listed, 5)["panicking_cpu"] is not None   # kdump show reads the registers from the stream
+    calls = log.read_text().splitlines()
+    stream = [c for c in calls if c.endswith("vmcore.flat.part")]
+    assert len(stream) == 1 and stream[0].endswith(f"cat > {crash}/vmcore.flat.part")
+    assert "kdump@10.0.2.2" in calls[0] and "BatchMode=yes" in calls[0] and "StrictHostKeyChecking=no" in calls[0]
+    assert "ServerAliveInterval=15" in calls[0]
+    assert any(f"saving the dump to kdump@10.0.2.2:{crash}/vmcore.flat.part" in line for line in console.lines)
+
+
+def test_ssh_stream_cut_short_stays_part_and_incomplete(tmp_path: Path, dump: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops after 100 KB of dump: the host keeps vmcore.flat.part, the
+    record says incomplete and why, the failure action is taken."""
+    dropping = FAKE_SSH.replace('exec sh -c "$last"',
+                                'case "$last" in *vmcore.flat.part) exec head -c 100000 > "${last#cat > }";; esac\n'
+                                'exec sh -c "$last"')
+    action, remote, console, _ = ssh_capture(tmp_path, dump, monkeypatch, dropping)
+    assert action == "halt", console.lines
+    (crash,) = list(remote.iterdir())
+    assert (crash / "vmcore.flat.part").stat().st_size == 100000 and not (crash / "vmcore.flat").exists()
+    (listed,) = list_records(remote)
+    assert not listed.complete and listed.dump == "vmcore.flat.part"
+    assert "Broken pipe" in (listed.error or "")
+    with open_dump(crash / "vmcore.flat.part") as saved:   # what arrived is readable, flagged
+        assert saved._file.incomplete  # type: ignore[union-attr]

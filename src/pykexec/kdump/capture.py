@@ -39,7 +39,6 @@ PREFIX = "pykexec-kdump: "
 VMCORE = "/proc/vmcore"
 CONFIG = "/etc/pykexec/kdump.toml"
 SHELL = "/bin/sh"
-NOT_FINISHED = "the capture did not finish (the crash kernel stopped while saving)"
 
 
 class Console:
@@ -166,12 +165,14 @@ class Capture:
         self.console.say(f"log saved: {directory / name} ({len(text)} bytes)")
         return name
 
-    def save_dump(self, destination: str, *, force: bool = False) -> tuple[bool, int | None]:
-        """The dump at ``destination``: (complete, bytes written)."""
+    def save_dump(self, destination: str | int, *, force: bool = False,
+                  name: str | None = None) -> tuple[bool, int | None]:
+        """The dump at ``destination`` (a file descriptor: a flattened stream to it, shown
+        as ``name``): (complete, bytes written)."""
         from pykexec.vmcore.save import save
 
         c = self.config
-        self.console.say(f"saving the dump to {destination} (dump level {c.dump_level}, {c.compression})")
+        self.console.say(f"saving the dump to {name or destination} (dump level {c.dump_level}, {c.compression})")
         result = save(self.vmcore, destination, compress=c.compression, dump_level=c.dump_level,
                       force=force, progress=False)
         if result.incomplete:
@@ -237,7 +238,7 @@ class Capture:
         log = self.step("save the log", self.save_log, directory, R.LOG_FILE, dump.log)
         xen_log = self.step("save Xen's log", self.save_log, directory, R.XEN_LOG_FILE, dump.xen_log) \
             if dump.xen_log is not None else None
-        record = self.record(dump, directory.name, log=log, xen_log=xen_log, error=NOT_FINISHED)
+        record = self.record(dump, directory.name, log=log, xen_log=xen_log, error=R.NOT_FINISHED)
         self.step("write the provisional record", R.write_record, directory, record)
         saved = self.step("save the dump", self.save_dump, str(directory / R.DUMP_FILE))
         complete, size = saved if saved is not None else (False, None)

@@ -4,10 +4,13 @@ system had), then write the crash directory on the host through ``ssh``, each
 file as ``cat > NAME.part && mv NAME.part NAME`` so that no half file has its
 final name.
 
-The dump itself is not sent yet: the kdump-compressed writer seeks back (page
-descriptors, the header's final flags), so it cannot write to a pipe; the
-flattened format that streams is issue 14.  Until then the record says the dump
-is missing, and the capture takes the failure action.
+The dump goes as it is made, in makedumpfile's flattened format (``vmcore save``
+to the pipe of ``ssh HOST 'cat > DIR/vmcore.flat.part'``), and is renamed
+``vmcore.flat`` once the capture knows it complete: the host needs nothing but a
+shell and ``cat``.  ``pykexec vmcore``, ``pykexec kdump list/show`` and crash read
+the stream as it is; ``pykexec vmcore reassemble`` or ``makedumpfile -R`` rebuild
+the kdump-compressed file from it.  Order on the host: the log (and Xen's), a
+record saying the capture has not finished, the dump, the final record.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
 
 SSH = "/usr/bin/ssh"
 KNOWN_HOSTS = "/root/.ssh/known_hosts"
-NO_STREAM = "no dump: sending a dump over ssh needs the flattened format (issue 14)"
 SIOCSIFFLAGS, SIOCSIFADDR, SIOCSIFNETMASK, SIOCADDRT = 0x8914, 0x8916, 0x891C, 0x890B
 IFF_UP, IFF_RUNNING = 0x1, 0x40
 RTF_UP, RTF_GATEWAY = 0x1, 0x2
@@ -102,7 +104,9 @@ class SshTarget:
         assert capture.plan.network is not None, "an ssh target's plan names its network"
         self.capture = capture
         self.directory = target.path
-        self.options = ["-i", capture.path(CP.SSH_KEY_PATH), "-o", "BatchMode=yes", "-o", "ConnectTimeout=30"]
+        # A link that dies ends ssh (and the dump's writes) within a minute.
+        self.options = ["-i", capture.path(CP.SSH_KEY_PATH), "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
         if os.path.exists(capture.path(KNOWN_HOSTS)):
             self.options += ["-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias={target.host}"]
         else:  # nobody can answer a question in the crash kernel
@@ -112,22 +116,56 @@ class SshTarget:
         host = capture.plan.network.host_ip or target.host
         self.destination = f"{target.user}@{host}" if target.user else host
 
+    def argv(self, command: str) -> list[str]:
+        return [self.capture.path(SSH), *self.options, self.destination, command]
+
+    def failed(self, command: str, status: int, stderr: bytes) -> OSError:
+        return OSError(f"ssh {self.destination} {command!r}: exit {status}: "
+                       f"{stderr.decode(errors='replace').strip()[-200:]}")
+
     def run(self, command: str, data: bytes = b"") -> None:
         import subprocess
 
-        res = subprocess.run([self.capture.path(SSH), *self.options, self.destination, command], input=data,
-                             capture_output=True, timeout=600)
+        res = subprocess.run(self.argv(command), input=data, capture_output=True, timeout=600)
         if res.returncode != 0:
-            raise OSError(f"ssh {self.destination} {command!r}: exit {res.returncode}: "
-                          f"{res.stderr.decode(errors='replace').strip()[-200:]}")
+            raise self.failed(command, res.returncode, res.stderr)
+
+    def stream_dump(self, path: str) -> tuple[bool, int | None]:
+        """The dump, flattened, into ``path`` on the host: (complete, bytes sent).  ssh
+        reads the pipe as ``vmcore save`` writes it; its few lines of stderr are read
+        once the pipe is closed."""
+        import subprocess
+
+        command = f"cat > {shlex.quote(path)}"
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(self.argv(command), stdin=read_end, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        finally:
+            os.close(read_end)
+        try:
+            saved = self.capture.step("stream the dump",
+                                      lambda: self.capture.save_dump(write_end, name=f"{self.destination}:{path}"))
+        finally:
+            os.close(write_end)  # end of file for cat
+            _, stderr = proc.communicate()
+        if proc.returncode != 0:
+            self.capture.errors.append(str(self.failed(command, proc.returncode, stderr)))
+            return False, saved[1] if saved is not None else None
+        return saved if saved is not None else (False, None)
 
     def put(self, path: str, data: bytes) -> None:
         quoted = shlex.quote(path)
         self.run(f"cat > {quoted}.part && mv {quoted}.part {quoted}", data)
 
+    def rename(self, path: str, new_path: str) -> bool:
+        self.run(f"mv {shlex.quote(path)} {shlex.quote(new_path)}")
+        return True
+
 
 def save_over_ssh(capture: Capture, dump: CrashDump) -> None:
-    """The crash directory on the ssh host: log, record (the dump: see the module's docstring)."""
+    """The crash directory on the ssh host: logs, provisional record, dump, final record."""
+    from dataclasses import replace
     from datetime import datetime, timezone
 
     from pykexec.kdump import records as R
@@ -142,11 +180,21 @@ def save_over_ssh(capture: Capture, dump: CrashDump) -> None:
     when = datetime.fromtimestamp(dump.crash_time, timezone.utc)
     directory = f"{ssh.directory.rstrip('/')}/{R.crash_dir_name(dump.release, when)}"
     ssh.run(f"mkdir -p {shlex.quote(directory)}")
-    ssh.put(f"{directory}/{R.LOG_FILE}", dump.log)
-    capture.console.say(f"log saved: {ssh.destination}:{directory}/{R.LOG_FILE} ({len(dump.log)} bytes)")
-    capture.errors.append(NO_STREAM)
+    logs = [(R.LOG_FILE, dump.log)] + ([(R.XEN_LOG_FILE, dump.xen_log)] if dump.xen_log is not None else [])
+    for name, text in logs:
+        ssh.put(f"{directory}/{name}", text)
+        capture.console.say(f"log saved: {ssh.destination}:{directory}/{name} ({len(text)} bytes)")
     record = capture.record(dump, os.path.basename(directory), log=R.LOG_FILE,
-                            capture_seconds=round(time.monotonic() - capture.started, 3),
-                            error="; ".join(capture.errors))
+                            xen_log=R.XEN_LOG_FILE if dump.xen_log is not None else None, error=R.NOT_FINISHED)
     ssh.put(f"{directory}/{R.RECORD_FILE}", record.to_json().encode())
-    capture.console.say(f"record written: {ssh.destination}:{directory}/{R.RECORD_FILE} (complete: false)")
+    part = f"{directory}/{R.FLAT_DUMP_FILE}{R.PART_SUFFIX}"
+    complete, size = ssh.stream_dump(part)
+    if complete:  # a partial stream keeps its .part name
+        complete = capture.step("name the dump", ssh.rename, part, f"{directory}/{R.FLAT_DUMP_FILE}") is True
+    name = R.FLAT_DUMP_FILE if complete else R.FLAT_DUMP_FILE + R.PART_SUFFIX
+    final = replace(record, complete=complete, dump=name, dump_bytes=size,
+                    capture_seconds=round(time.monotonic() - capture.started, 3),
+                    error="; ".join(capture.errors) or None)
+    ssh.put(f"{directory}/{R.RECORD_FILE}", final.to_json().encode())
+    capture.console.say(f"record written: {ssh.destination}:{directory}/{R.RECORD_FILE} "
+                        f"(complete: {str(complete).lower()})")

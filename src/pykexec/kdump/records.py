@@ -1,6 +1,8 @@
 """The saved crashes on a target directory: one directory per crash,
 ``<target>/<YYYY-MM-DD-HH:MM:SS>-<release>/`` (UTC), holding ``vmcore``
-(kdump-compressed), ``dmesg.txt`` and ``record.json`` (:class:`CrashRecord`).
+(kdump-compressed; on an ssh target ``vmcore.flat``, the same as a flattened stream,
+``vmcore.flat.part`` while it is not whole), ``dmesg.txt`` and ``record.json``
+(:class:`CrashRecord`).
 
 The capture (:mod:`pykexec.kdump.capture`) makes the directory
 (:func:`new_crash_dir`), writes the record (:func:`write_record`) and prunes old
@@ -23,6 +25,12 @@ from pathlib import Path
 
 RECORD_FILE = "record.json"
 DUMP_FILE = "vmcore"
+#: The dump as a flattened stream, as an ssh target stores it (kdump/capture_ssh.py).
+FLAT_DUMP_FILE = "vmcore.flat"
+#: Appended to a file's name until it is whole.
+PART_SUFFIX = ".part"
+#: The error of the record written before the dump, until the final one replaces it.
+NOT_FINISHED = "the capture did not finish (the crash kernel stopped while saving)"
 LOG_FILE = "dmesg.txt"
 #: Xen's console ring, beside dom0's log, for the crash of a Xen machine.
 XEN_LOG_FILE = "xen-dmesg.txt"
@@ -190,7 +198,8 @@ def _unrecorded(path: Path, error: str) -> CrashRecord:
     crash_time = ""
     if stamp:
         crash_time = datetime.strptime(stamp, TIME_FORMAT).strftime("%Y-%m-%dT%H:%M:%SZ")
-    dump = path / DUMP_FILE
+    dump = next((path / name for name in (DUMP_FILE, FLAT_DUMP_FILE, FLAT_DUMP_FILE + PART_SUFFIX)
+                 if (path / name).exists()), path / DUMP_FILE)
     log = path / LOG_FILE
     panic = ""
     try:
@@ -199,7 +208,7 @@ def _unrecorded(path: Path, error: str) -> CrashRecord:
         pass
     return CrashRecord(id=path.name, kernel_release=release,
                        crash_time=crash_time, panic=panic, complete=False,
-                       dump=DUMP_FILE if dump.exists() else None,
+                       dump=dump.name if dump.exists() else None,
                        dump_bytes=dump.stat().st_size if dump.exists() else None,
                        log=LOG_FILE if log.exists() else None, error=error, directory=path)
 
