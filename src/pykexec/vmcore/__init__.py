@@ -4,6 +4,7 @@
   as a file or as a flattened makedumpfile stream (:mod:`~pykexec.vmcore.flattened`).
 * :mod:`pykexec.vmcore.elfcore` -- the ELF core: notes, PT_LOAD address translation.
 * :mod:`pykexec.vmcore.kdump` -- the kdump-compressed file (makedumpfile's format).
+* :mod:`pykexec.vmcore.page_codecs` -- its pages' codecs (zlib, lzo, snappy, zstd), both ways.
 * :mod:`pykexec.vmcore.dump_memory` -- :class:`~pykexec.vmcore.dump_memory.DumpMemory`,
   what every reader offers the log, info and Xen code.
 * :mod:`pykexec.vmcore.paging` -- the x86-64 page-table walker all readers share.
