@@ -1,4 +1,4 @@
-"""``pykexec vmcore dmesg|info|save``: the command line of the dump tools.
+"""``pykexec vmcore dmesg|info|save|reassemble``: the command line of the dump tools.
 
 Entry point :func:`main` takes the arguments after ``vmcore``
 (``["dmesg", "-x", "/var/crash/vmcore"]``); ``python -m pykexec.vmcore.cli``
@@ -91,7 +91,7 @@ def overview() -> str:
 
     parser = Parser(prog="pykexec vmcore", usage="\n       ".join(usage for usage, _ in COMMANDS.values()),
                     description="Read and save Linux crash dumps (an ELF core such as /proc/vmcore, "
-                                "or a kdump-compressed file).",
+                                "or a kdump-compressed file; either as a flattened stream).",
                     epilog="pykexec vmcore COMMAND --help shows the options of COMMAND.", add_help=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name, (_usage, summary) in COMMANDS.items():
@@ -134,7 +134,8 @@ def dmesg_parser() -> Parser:
                         help="the unstripped xen-syms of the dumped Xen, for the ring's symbols when they "
                              "were not recorded at load time (implies --xen)")
     parser.add_argument("operands", nargs="*", metavar="PATH",
-                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file")
+                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file, "
+                             "or either as a flattened stream (-F)")
     return parser
 
 
@@ -190,7 +191,8 @@ def info_parser() -> Parser:
     parser = _parser("info", INFO_DESCRIPTION)
     parser.add_argument("--json", action="store_true", help="the description as JSON")
     parser.add_argument("operands", nargs="*", metavar="PATH",
-                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file")
+                        help="the dump: /proc/vmcore, an ELF core or a kdump-compressed file, "
+                             "or either as a flattened stream (-F)")
     return parser
 
 
