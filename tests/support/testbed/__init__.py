@@ -12,6 +12,14 @@ kexec-tools (the reference implementation).  Stdlib only.
 * :mod:`.guest` -- :func:`run_guest_script`: all of the above in one call, cached.
 * :mod:`.cpio`, :mod:`.initramfs`, :mod:`.host`, :mod:`.cache` -- what those are made of.
 
+A real Debian 12 system under systemd, for the kdump service's end-to-end tests:
+
+* :mod:`.debian` -- :class:`DebianTestbed`: the mmdebstrap base image (kdump-tools installed,
+  disabled) and the pykexec layer, cached; :meth:`DebianTestbed.new_disk` for each test.
+* :mod:`.debian_step` -- the in-guest step runner (a systemd unit), its markers and shell helpers.
+* :mod:`.debian_boot` -- :func:`boot`: one QEMU run (one boot) of a disk, console lines timed.
+* :mod:`.ext4` -- :class:`Ext4Image`: files read from and written to a raw ext4 image with debugfs.
+
 Everything downloaded or generated lives in the cache directory
 (``$PYKEXEC_TESTBED_CACHE`` or ``<repo>/.cache/testbed``), guarded by a file
 lock so that several pytest processes can share it.  The command line is

@@ -1,5 +1,5 @@
 """A real Debian 12 system for the kdump service's end-to-end tests: systemd, udev,
-initramfs-tools, Debian's cloud kernel (6.1), kexec-tools, makedumpfile and kdump-tools
+initramfs-tools, Debian's cloud kernels (6.1 and 6.12), kexec-tools, makedumpfile and kdump-tools
 (installed, disabled: a test turns on either it or pykexec's service), and pykexec installed
 from the checkout.
 
@@ -8,9 +8,9 @@ Two layers, so that a source change costs a second, not a rebuild:
 * the **base** (:meth:`DebianTestbed.base`, about a minute): ``mmdebstrap`` from the Debian
   archive this machine's apt sources name, kdump-tools installed with the ``MODULES=list``
   workaround, the result put in a sparse 4 GiB ext4 image with ``mkfs.ext4 -d``; the image's
-  own kernel and initrd copied beside it for QEMU's ``-kernel``/``-initrd``.  Cached in
+  own kernels and initrds copied beside it for QEMU's ``-kernel``/``-initrd``.  Cached in
   ``<cache>/debian/base-<key>`` where the key digests the package list, the hooks, the layout
-  and the kernel package apt resolves today (a new Debian kernel makes a new base).
+  and the kernel packages apt resolves today (a new Debian kernel makes a new base).
 * the **guest layer** (:meth:`DebianTestbed.guest_layer`): pykexec and its dependencies as
   ``pip install --target /usr/local/lib/python3.11/dist-packages`` makes them, precompiled,
   ``/usr/local/bin/pykexec``, and the step runner (:mod:`.debian_step`); keyed by the digest of
@@ -31,7 +31,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO
 
 from support.testbed.cache import REPO_ROOT, TestbedError, atomic_write, content_hash, default_cache_dir, flock
 from support.testbed.debian_step import BOOT_COUNT_PATH, STEP_PATH, step_files, step_unit_links
@@ -40,8 +40,10 @@ from support.testbed.host import compile_tree, run_command
 from support.testbed.packages import KERNEL_META, PackageCache
 
 SUITE = "bookworm"
+#: Kernel flavours installed in the image (Debian's cloud kernels), by their meta package.
+KERNELS = {flavour: KERNEL_META[flavour] for flavour in ("6.1", "6.12")}
 #: Installed by mmdebstrap (minbase variant, no Recommends); kdump-tools comes after, in a hook.
-PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", "linux-image-cloud-amd64", "python3",
+PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", *KERNELS.values(), "python3",
             "kexec-tools", "makedumpfile", "procps", "openssh-client", "e2fsprogs",
             # kdump-tools' dependencies, installed up front so that its hook only configures it.
             "bsdextrautils", "file", "ucf", "busybox")
@@ -82,18 +84,20 @@ mkdir -p "$root/var/lib/testbed"
 
 @dataclass(frozen=True)
 class DebianBase:
-    """A built base: the disk image and the kernel and initrd it boots with."""
+    """A built base: the disk image, and the kernels and initrds it boots with (copies of
+    its own /boot/vmlinuz-* and /boot/initrd.img-*)."""
 
     directory: Path
-    release: str                 # uname -r of the image's kernel
+    releases: dict[str, str]     # uname -r of each kernel flavour (see KERNELS)
 
-    # The files of a base directory, by name.
-    IMAGE: ClassVar[str] = "disk.img"
-    VMLINUZ: ClassVar[str] = "vmlinuz"
-    INITRD: ClassVar[str] = "initrd.img"
+    def image(self) -> Path:
+        return self.directory / "disk.img"
 
-    def file(self, name: str) -> Path:
-        return self.directory / name
+    def vmlinuz(self, flavour: str = "6.1") -> Path:
+        return self.directory / f"vmlinuz-{self.releases[flavour]}"
+
+    def initrd(self, flavour: str = "6.1") -> Path:
+        return self.directory / f"initrd.img-{self.releases[flavour]}"
 
     def manifest(self) -> dict[str, object]:
         """What was built, from what, and how long it took (``manifest.json``)."""
@@ -129,11 +133,15 @@ class DebianTestbed:
         self.repo = repo
 
     # -- the base -----------------------------------------------------------------
+    def kernel_packages(self) -> dict[str, str]:
+        """The versioned kernel package of each flavour, as apt resolves it today."""
+        apt = PackageCache(self.cache, self.repo)
+        return {flavour: apt.resolve_depends(meta) for flavour, meta in KERNELS.items()}
+
     def base_key(self) -> str:
         """The digest naming the base: everything that decides what mmdebstrap installs."""
-        kernel_package = PackageCache(self.cache, self.repo).resolve_depends(KERNEL_META["6.1"])
         return content_hash(_LAYOUT_VERSION, SUITE, *PACKAGES, _ESSENTIAL_HOOK, _CUSTOMIZE_HOOK,
-                            kernel_package, str(DISK_BYTES))
+                            *self.kernel_packages().values(), str(DISK_BYTES))
 
     def base(self) -> DebianBase:
         """The base, built first if this key has none (about a minute, network included)."""
@@ -144,7 +152,7 @@ class DebianTestbed:
                 if not (directory / ".done").exists():
                     self._build_base(directory)
         manifest = json.loads((directory / "manifest.json").read_text())
-        return DebianBase(directory=directory, release=manifest["release"])
+        return DebianBase(directory=directory, releases=manifest["releases"])
 
     def _build_base(self, directory: Path) -> None:
         tmp = directory.with_name(directory.name + ".tmp")
@@ -171,17 +179,19 @@ class DebianTestbed:
             if res != 0:
                 raise TestbedError(f"mmdebstrap failed ({res}); see {log}:\n" + _tail(log))
             t1 = time.monotonic()
-            kernels = sorted((tree / "boot").glob("vmlinuz-*"))
-            if len(kernels) != 1:
-                raise TestbedError(f"expected one kernel in the image's /boot, found {kernels}")
-            release = kernels[0].name.removeprefix("vmlinuz-")
-            shutil.copy2(kernels[0], tmp / DebianBase.VMLINUZ)
-            shutil.copy2(tree / "boot" / f"initrd.img-{release}", tmp / DebianBase.INITRD)
-            make_image(tmp / DebianBase.IMAGE, tree, size_bytes=DISK_BYTES, label=DISK_LABEL)
+            releases = {flavour: package.removeprefix("linux-image-")
+                        for flavour, package in self.kernel_packages().items()}
+            base = DebianBase(directory=tmp, releases=releases)
+            for flavour, release in releases.items():
+                for name in (f"vmlinuz-{release}", f"initrd.img-{release}"):
+                    if not (tree / "boot" / name).is_file():
+                        raise TestbedError(f"the image has no /boot/{name}")
+                    shutil.copy2(tree / "boot" / name, tmp / name)
+            make_image(base.image(), tree, size_bytes=DISK_BYTES, label=DISK_LABEL)
             t2 = time.monotonic()
         finally:
             shutil.rmtree(tree, ignore_errors=True)
-        manifest = {"release": release, "suite": SUITE, "packages": list(PACKAGES),
+        manifest = {"releases": releases, "suite": SUITE, "packages": list(PACKAGES),
                     "mmdebstrap_seconds": round(t1 - t0, 1), "image_seconds": round(t2 - t1, 1),
                     "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
@@ -222,7 +232,7 @@ class DebianTestbed:
         """A fresh disk at ``path``: the base image with the current guest layer written in."""
         base = self.base()
         layer = self.guest_layer()
-        copy_image(base.file(DebianBase.IMAGE), path)
+        copy_image(base.image(), path)
         disk = DebianDisk(path, base)
         disk.add_tree(layer, "/")
         return disk
@@ -257,13 +267,12 @@ def _prune_layers(root: Path, *, keep: Path, max_age: float = 86400) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def debian_sources(suite: str = SUITE) -> list[str]:
+def debian_sources(suite: str = SUITE, apt: Path = Path("/etc/apt")) -> list[str]:
     """This machine's apt sources for ``suite`` and its -updates and -security suites, as
     one-line entries for mmdebstrap: the Debian archive the host is set up to use, and
     none of the other repositories it may list."""
     wanted = {suite, f"{suite}-updates", f"{suite}-security"}
     entries: list[str] = []
-    apt = Path("/etc/apt")
     one_line = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
     for path in one_line:
         if not path.is_file():
@@ -283,7 +292,7 @@ def debian_sources(suite: str = SUITE) -> list[str]:
                     if s in wanted:
                         entries.append(f"deb {uri} {s} {fields.get('components', 'main')}")
     if not any(e.split()[2] == suite for e in entries):
-        raise TestbedError(f"no apt source for Debian {suite} in /etc/apt: mmdebstrap needs one")
+        raise TestbedError(f"no apt source for Debian {suite} in {apt}: mmdebstrap needs one")
     return list(dict.fromkeys(entries))
 
 

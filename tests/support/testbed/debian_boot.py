@@ -15,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from support.testbed.debian import DebianBase, DebianDisk
+from support.testbed.debian import DebianDisk
 from support.testbed.debian_step import BOOT_MARKER, CRASH_MARKER, REPORT_MARKER, STEP_END_MARKER
 from support.testbed.qemu import GuestRun, run_qemu
 
@@ -87,13 +88,15 @@ class DebianBoot:
         return self.run.describe()
 
 
-def boot(disk: DebianDisk, *, step: str | None = None, append_extra: str = "", memory_mib: int = 1024,
-         smp: int = 1, timeout: float = 300.0, log_path: Path | None = None) -> DebianBoot:
-    """Boot ``disk`` with its base's kernel and initrd; return when QEMU exits.
+def boot(disk: DebianDisk, *, step: str | None = None, kernel: str = "6.1", append_extra: str = "",
+         memory_mib: int = 1024, smp: int = 1, timeout: float = 300.0, log_path: Path | None = None,
+         extra_qemu_args: Sequence[str] = ()) -> DebianBoot:
+    """Boot ``disk`` with the image's own kernel ``kernel`` (a flavour of
+    :data:`~support.testbed.debian.KERNELS`) and its initrd; return when QEMU exits.
 
     ``step`` (shell, see :mod:`.debian_step`) is written to the disk first as the step of
     this boot.  The serial console streams to ``log_path`` (default: beside the disk,
-    ``<disk>-boot<n>.log``).
+    ``<disk>-boot<n>.log``).  ``extra_qemu_args`` adds devices (a network, a second disk).
     """
     if step is not None:
         disk.write_step(step)
@@ -107,9 +110,9 @@ def boot(disk: DebianDisk, *, step: str | None = None, append_extra: str = "", m
     clock = _ConsoleClock(log_path)
     clock.start()
     try:
-        run = run_qemu(disk.base.file(DebianBase.VMLINUZ), disk.base.file(DebianBase.INITRD), cmdline, memory=f"{memory_mib}M", smp=smp,
-                       timeout=timeout, log_path=log_path,
-                       extra_args=["-drive", f"file={disk.path},if=virtio,format=raw"])
+        run = run_qemu(disk.base.vmlinuz(kernel), disk.base.initrd(kernel), cmdline, memory=f"{memory_mib}M",
+                       smp=smp, timeout=timeout, log_path=log_path,
+                       extra_args=["-drive", f"file={disk.path},if=virtio,format=raw", *extra_qemu_args])
     finally:
         clock.stop()
     return DebianBoot(run=run, line_times=clock.lines)

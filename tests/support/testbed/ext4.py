@@ -21,9 +21,12 @@ from support.testbed.host import run_command
 
 # debugfs prints its version banner on stderr and reports errors there too, with exit status 0.
 _BANNER = re.compile(r"^debugfs \d")
-# What the commands of a write batch may report without failing it: removing a file
-# before rewriting it, and creating a directory that is already there (mkdir -p).
-_TOLERATED_WRITE_ERRORS = ("File not found by ext2_lookup", "Ext2 directory already exists")
+# What a write batch may report without failing: removing a file before (re)writing it.
+# Directories are never made twice: debugfs' mkdir of an existing directory can leave an
+# allocated, unconnected directory inode behind (e2fsck then reports errors).
+_TOLERATED_WRITE_ERRORS = ("File not found by ext2_lookup",)
+# How debugfs -f echoes each command on stdout before its output.
+_ECHO = "debugfs: "
 
 
 @dataclass(frozen=True)
@@ -115,15 +118,29 @@ class Ext4Image:
     def listdir(self, guest_dir: str) -> list[DirEntry]:
         """The entries of a directory, without ``.`` and ``..``."""
         out = self._read_command(f"ls -p {_quote(guest_dir)}").decode(errors="replace")
-        entries = []
-        # ls -p: /inode/mode (octal)/uid/gid/name/size/ per line.
-        for line in out.splitlines():
-            fields = line.split("/")
-            if len(fields) < 7 or fields[5] in (".", ".."):
-                continue
-            entries.append(DirEntry(name=fields[5], mode=int(fields[2], 8),
-                                    size=int(fields[6]) if fields[6] else 0))
-        return entries
+        return [e for e in _parse_ls(out.splitlines()) if e.name not in (".", "..")]
+
+    def existing_dirs(self, guest_dirs: Iterable[str]) -> set[str]:
+        """Which of ``guest_dirs`` are directories of the image (one debugfs run)."""
+        wanted = sorted(set(guest_dirs))
+        if not wanted:
+            return set()
+        self.replay_journal()
+        with tempfile.NamedTemporaryFile("w", prefix="debugfs-", suffix=".cmds") as script:
+            script.write("".join(f"ls -p {_quote(d)}\n" for d in wanted))
+            script.flush()
+            res = subprocess.run(["debugfs", "-f", script.name, str(self.path)], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True)
+        # Each listing follows its echoed command; a missing directory lists nothing (its
+        # error goes to stderr), an existing one at least its "." entry.
+        found: set[str] = set()
+        current: str | None = None
+        for line in res.stdout.splitlines():
+            if line.startswith(_ECHO + "ls -p "):
+                current = line[len(_ECHO + "ls -p "):].strip().strip('"')
+            elif current is not None and any(e.name == "." for e in _parse_ls([line])):
+                found.add(current)
+        return found
 
     # -- writing -------------------------------------------------------------------------
     def run_write_commands(self, commands: Sequence[str]) -> None:
@@ -141,20 +158,21 @@ class Ext4Image:
     def write_files(self, files: Iterable[tuple[str, bytes, int]]) -> None:
         """Create or replace regular files: (guest path, contents, mode); parents are made."""
         with tempfile.TemporaryDirectory() as tmp:
-            commands: list[str] = []
+            files = list(files)
+            commands = self._mkdir_commands(str(PurePosixPath(path).parent) for path, _, _ in files)
             for i, (guest_path, data, mode) in enumerate(files):
                 host = Path(tmp) / str(i)
                 host.write_bytes(data)
                 # debugfs write takes the mode (and owner: root) from the host file.
                 os.chmod(host, mode)
-                commands += mkdir_commands(str(PurePosixPath(guest_path).parent))
                 commands += [f"rm {_quote(guest_path)}", f"write {_quote(str(host))} {_quote(guest_path)}"]
             self.run_write_commands(commands)
 
     def add_tree(self, host_dir: Path, guest_dir: str) -> None:
         """Copy a host directory tree (directories, files, symlinks) to ``guest_dir``,
         replacing files already there."""
-        commands = mkdir_commands(guest_dir)
+        dirs: list[str] = [guest_dir]
+        commands: list[str] = []
         for dirpath, dirnames, filenames in os.walk(host_dir):
             rel = Path(dirpath).relative_to(host_dir)
             for name in sorted(dirnames):
@@ -163,7 +181,7 @@ class Ext4Image:
                 if src.is_symlink():
                     commands += [f"rm {_quote(dest)}", f"symlink {_quote(dest)} {_quote(os.readlink(src))}"]
                 else:
-                    commands.append(f"mkdir {_quote(dest)}")
+                    dirs.append(dest)
             dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) / d).is_symlink())
             for name in sorted(filenames):
                 src = Path(dirpath) / name
@@ -173,17 +191,17 @@ class Ext4Image:
                     commands.append(f"symlink {_quote(dest)} {_quote(os.readlink(src))}")
                 else:
                     commands.append(f"write {_quote(str(src))} {_quote(dest)}")
-        self.run_write_commands(commands)
+        self.run_write_commands(self._mkdir_commands(dirs) + commands)
 
-    def symlink(self, guest_path: str, target: str) -> None:
-        self.run_write_commands([*mkdir_commands(str(PurePosixPath(guest_path).parent)),
-                                 f"rm {_quote(guest_path)}", f"symlink {_quote(guest_path)} {_quote(target)}"])
-
-
-def mkdir_commands(guest_dir: str) -> list[str]:
-    """debugfs commands making ``guest_dir`` and its parents (existing ones are tolerated)."""
-    parts = PurePosixPath(guest_dir).parts[1:]
-    return [f"mkdir {_quote('/' + '/'.join(parts[:i]))}" for i in range(1, len(parts) + 1)]
+    def _mkdir_commands(self, guest_dirs: Iterable[str]) -> list[str]:
+        """debugfs commands making the missing ones of ``guest_dirs`` and of their parents,
+        parents first."""
+        chain: set[str] = set()
+        for d in guest_dirs:
+            parts = PurePosixPath(d).parts[1:]
+            chain.update("/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        missing = chain - self.existing_dirs(chain)
+        return [f"mkdir {_quote(d)}" for d in sorted(missing, key=lambda d: (d.count("/"), d))]
 
 
 def make_image(path: Path, tree: Path, *, size_bytes: int, label: str) -> Ext4Image:
@@ -200,6 +218,17 @@ def copy_image(src: Path, dest: Path) -> Ext4Image:
     dest.unlink(missing_ok=True)
     run_command(["cp", "--sparse=always", src, dest])
     return Ext4Image(dest)
+
+
+def _parse_ls(lines: Iterable[str]) -> list[DirEntry]:
+    """Entries of ``ls -p`` output: ``/inode/mode (octal)/uid/gid/name/size/`` per line."""
+    entries = []
+    for line in lines:
+        fields = line.split("/")
+        if len(fields) >= 7 and fields[0] == "" and fields[2].isdigit():
+            entries.append(DirEntry(name=fields[5], mode=int(fields[2], 8),
+                                    size=int(fields[6]) if fields[6] else 0))
+    return entries
 
 
 def _quote(path: str) -> str:
