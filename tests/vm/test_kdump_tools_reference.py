@@ -89,6 +89,8 @@ def test_kdump_tools_captures_a_sysrq_crash(debian_disk: DebianDisk, tmp_path: P
     print(f"[kdump-tools] crash marker -> panic: {seconds_from_crash_marker_to_panic(crashed):.1f}s")
     print(f"[kdump-tools] panic -> crash kernel's reboot (QEMU exit): "
           f"{crashed.duration - crashed.time_of(PANIC_LINE):.1f}s")
+    capture = crashed.time_of("kdump-tools: saved vmcore") - crashed.time_of("running makedumpfile -F")
+    print(f"[kdump-tools] makedumpfile in the crash kernel: {capture:.1f}s")
     print(f"[kdump-tools] panic -> next boot's step runner: {seconds_from_panic_to_boot(crashed, listed):.1f}s")
     print(f"[kdump-tools] dump: {files[f'dump.{stamp}']} bytes (makedumpfile -F -c -d 31), "
           f"dmesg: {files[f'dmesg.{stamp}']} bytes")
