@@ -119,6 +119,20 @@ def test_capture_saves_log_dump_and_record(tmp_path: Path, dump: Path) -> None:
     assert system.calls[-2:] == [("sync",), ("umount", target_mount[2])]
     assert any("pykexec-kdump: dump saved:" in line for line in console.lines)
     assert console.lines[-1].startswith("pykexec-kdump: capture complete") and "final action: poweroff" in console.lines[-1]
+    assert "; peak memory: " in console.lines[-1]
+
+
+def test_last_line_tells_the_peak_memory(tmp_path: Path) -> None:
+    """From the crash kernel's /proc: the capture's VmHWM and the memory in use."""
+    root = crash_root(tmp_path)
+    (root / "proc" / "self").mkdir(parents=True)
+    (root / "proc" / "self" / "status").write_text("Name:\tpython3\nVmHWM:\t   33792 kB\nVmRSS:\t 1 kB\n")
+    (root / "proc" / "meminfo").write_text("MemTotal:  220672 kB\nMemFree: 1 kB\nMemAvailable:  168192 kB\n")
+    capture = C.Capture(plan(), KdumpConfig(), FakeSystem(), Lines(), root=str(root))
+    assert capture.peak_memory() == "capture 33.0 MiB, 51.2 of 215.5 MiB in use"
+    (root / "proc" / "meminfo").unlink()
+    assert C.Capture(plan(), KdumpConfig(), FakeSystem(), Lines(), root=str(tmp_path)).peak_memory() \
+        == "capture unknown"
 
 
 def test_full_target_keeps_the_log_and_marks_the_dump_incomplete(tmp_path: Path, dump: Path,

@@ -213,8 +213,27 @@ class Capture:
         ok = not self.errors
         action = self.config.final_action if ok else self.config.failure_action
         self.console.say(f"capture {'complete' if ok else 'FAILED'} in {time.monotonic() - self.started:.1f} s; "
-                         f"{'final' if ok else 'failure'} action: {action}")
+                         f"peak memory: {self.peak_memory()}; {'final' if ok else 'failure'} action: {action}")
         return action
+
+    def peak_memory(self) -> str:
+        """The capture's peak resident memory (VmHWM), and the crash kernel's memory in use
+        now against its total, as /proc says: what ``crashkernel=`` must hold."""
+        def kib(path: str, key: str) -> int | None:
+            try:
+                with open(self.path(path)) as f:
+                    line = next((ln for ln in f if ln.startswith(key + ":")), "")
+            except OSError:
+                return None
+            words = line.split()
+            return int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+
+        hwm = kib("/proc/self/status", "VmHWM")
+        total, available = kib("/proc/meminfo", "MemTotal"), kib("/proc/meminfo", "MemAvailable")
+        parts = [f"capture {hwm / 1024:.1f} MiB" if hwm is not None else "capture unknown"]
+        if total is not None and available is not None:
+            parts.append(f"{(total - available) / 1024:.1f} of {total / 1024:.1f} MiB in use")
+        return ", ".join(parts)
 
     def save_raw(self) -> None:
         device = self.plan.device
