@@ -21,6 +21,7 @@ from support.debian_fixtures import debian_disk, debian_testbed  # noqa: F401  (
 from support.testbed.debian import DebianDisk
 from support.testbed.debian_boot import (BOOT_MARKER, PANIC_LINE, boot, seconds_from_crash_marker_to_panic,
                                          seconds_from_panic_to_boot)
+from support.testbed.debian_step import CRASH_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,8 @@ def test_kdump_tools_captures_a_sysrq_crash(debian_disk: DebianDisk, tmp_path: P
                            capture_output=True, text=True, timeout=120)
     assert dmesg.returncode == 0, dmesg.stderr
     assert_log_ends_with_panic(dmesg.stdout)
+    # The step's markers go through the kernel's log: the dump is of this boot's crash.
+    assert f"{CRASH_MARKER} boot=2" in dmesg.stdout, dmesg.stdout[-2000:]
     saved_log = debian_disk.read_text(f"/var/crash/{stamp}/dmesg.{stamp}")
     assert f"{PANIC_LINE}: sysrq triggered crash" in saved_log
 

@@ -68,6 +68,8 @@ root="$1"
 echo MODULES=list > "$root/etc/initramfs-tools/conf.d/testbed-modules"
 printf '%s\\n' virtio_pci virtio_blk ext4 >> "$root/etc/initramfs-tools/modules"
 DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends kdump-tools
+# Its trigger rebuilt the newest kernel's initrd only: the others' still hold MODULES=most.
+chroot "$root" update-initramfs -u -k all
 # Present but off: a test enables kdump-tools or pykexec's service, never both.
 chroot "$root" systemctl disable kdump-tools.service
 # agetty would hang up the serial console under the step runner's feet.

@@ -7,13 +7,21 @@ of one disk), prints :data:`BOOT_MARKER`, runs the step the test wrote to
 :data:`STEP_END_MARKER` with its exit status, and powers the machine off cleanly, which ends
 QEMU.  A step that panics or reboots ends QEMU itself (``-no-reboot``).
 
-Steps run with ``sh`` and these shell functions (``step-lib.sh``):
+Steps run with ``sh``, their output on the serial console, and these shell functions
+(``step-lib.sh``):
 
-* ``report KEY VALUE...`` prints ``TESTBED-REPORT KEY=VALUE...`` (see ``DebianBoot.reports``);
-* ``drain_console`` returns once everything printed has left the serial port;
-* ``crash`` prints :data:`CRASH_MARKER`, syncs the disks, drains the console and panics the
+* ``mark TEXT`` logs one line of text through the kernel's log (see below);
+* ``report KEY VALUE...`` marks ``TESTBED-REPORT KEY=VALUE...``, one line (``DebianBoot.reports``);
+* ``drain_console`` returns once everything the step printed has left the serial port;
+* ``crash`` marks :data:`CRASH_MARKER`, syncs the disks, drains the console and panics the
   kernel through sysrq ``c``;
 * ``$TESTBED_BOOT`` is this boot's number (1 for the disk's first boot).
+
+Markers go through ``/dev/kmsg``, not the tty: a kernel message that lands while a process
+writes to the console splits the process's line (a report's value once read
+``kept[   21.368597] input: Power Button ...``), whereas printk writes each record whole and
+flushes what it holds before a panic.  They are logged as critical (``<2>``) so that they
+show at any console loglevel a test may choose (``quiet`` is 4).
 """
 
 from __future__ import annotations
@@ -59,14 +67,18 @@ drain_console() {{
     stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g)"
 }}
 
+mark() {{
+    printf '<2>%s\\n' "$*" > /dev/kmsg
+}}
+
 report() {{
     key=$1
     shift
-    echo "{REPORT_MARKER} $key=$*"
+    mark "{REPORT_MARKER} $key=$*"
 }}
 
 crash() {{
-    echo "{CRASH_MARKER} boot=$TESTBED_BOOT"
+    mark "{CRASH_MARKER} boot=$TESTBED_BOOT"
     sync
     drain_console
     echo c > /proc/sysrq-trigger
@@ -81,7 +93,7 @@ boot=$(( $(cat {BOOT_COUNT_PATH} 2>/dev/null || echo 0) + 1 ))
 echo "$boot" > {BOOT_COUNT_PATH}
 sync
 exec </dev/null >/dev/ttyS0 2>&1
-echo "{BOOT_MARKER} boot=$boot release=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+mark "{BOOT_MARKER} boot=$boot release=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 rc=none
 if [ -f {STEP_PATH} ]; then
     # Renamed first, so that a later boot never runs this step again.
@@ -89,7 +101,7 @@ if [ -f {STEP_PATH} ]; then
     TESTBED_BOOT=$boot sh -c '. {_LIB_PATH} && . "$0"' "$state/step-$boot.sh"
     rc=$?
 fi
-echo "{STEP_END_MARKER} boot=$boot rc=$rc"
+mark "{STEP_END_MARKER} boot=$boot rc=$rc"
 drain_console
 systemctl poweroff
 """
