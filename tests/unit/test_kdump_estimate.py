@@ -250,6 +250,24 @@ def test_predict_here_and_the_cli(root: Paths, tmp_path: Path, capsys: pytest.Ca
                                             + " (a kernel built without CONFIG_PROC_KCORE)\n")
 
 
+def test_measure_write_falls_back_to_buffered_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    real_open, flags_seen = os.open, []
+
+    def no_direct(path: str, flags: int, *args: Any) -> int:
+        flags_seen.append(flags & os.O_DIRECT)
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT refused")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    rate = dump_size.measure_write(tmp_path, 2 * MiB)
+    assert rate is not None and rate > 0 and list(tmp_path.iterdir()) == []
+    assert flags_seen[-2:] == [os.O_DIRECT, 0]
+
+
 def test_write_probe_runs_after_the_scan(root: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     # The probe's freed pages would count as kept, incompressible pages (seen on Debian: 50 MiB
     # predicted for a 19 MiB dump).
