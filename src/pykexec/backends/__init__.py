@@ -6,3 +6,13 @@ The library core (:mod:`pykexec.kexec`) chooses one before planning; the plan is
 checked through that backend's ``check`` and handed to its ``load``; the protocol is in
 :mod:`pykexec.backends.protocol`.
 """
+
+
+def read_stripped(path: str) -> str | None:
+    """The text of a small /proc or /sys file without surrounding white space, None
+    when unreadable: how every backend asks the running system what it has."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None

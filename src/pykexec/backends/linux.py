@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 
+from pykexec.backends import read_stripped
 from pykexec.errors import KexecError, PlanError, SyscallError
 from pykexec.layouts import kexec as abi
 from pykexec.layouts.x86_paging import PAGE_SIZE
@@ -34,22 +35,14 @@ def _call(nr: int, *args: object) -> int:
     return 0
 
 
-def _sysfs(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def lockdown_state() -> str:
     from pykexec.probe import parse_lockdown
 
-    return parse_lockdown(_sysfs("/sys/kernel/security/lockdown"))
+    return parse_lockdown(read_stripped("/sys/kernel/security/lockdown"))
 
 
 def kexec_load_disabled() -> bool:
-    return _sysfs("/proc/sys/kernel/kexec_load_disabled") == "1"
+    return read_stripped("/proc/sys/kernel/kexec_load_disabled") == "1"
 
 
 def _eperm_reason(syscall: str) -> str:
@@ -97,14 +90,14 @@ def diagnose_einval(plan: LoadPlan, iomem: str | None = None, meminfo: str | Non
 
     segs = plan.sorted_segments()
     try:
-        ram, _ = parse_iomem(iomem if iomem is not None else _sysfs("/proc/iomem") or "")
+        ram, _ = parse_iomem(iomem if iomem is not None else read_stripped("/proc/iomem") or "")
         for s in segs:
             if not ram.is_ram(s.range):
                 return (f"the {s.role} segment {s.range} is not all System RAM as the running kernel sees it "
                         "(/proc/iomem): try --mem-max below it")
     except KexecError:
         pass
-    text = meminfo if meminfo is not None else _sysfs("/proc/meminfo") or ""
+    text = meminfo if meminfo is not None else read_stripped("/proc/meminfo") or ""
     total_kib = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("MemTotal:")), 0)
     need = sum(s.memsz for s in segs)
     if total_kib and need > total_kib * 1024 // 2:
@@ -178,7 +171,7 @@ def unload(crash: bool, use_file_syscall: bool | None) -> None:
 
 def is_loaded(crash: bool) -> bool:
     name = "kexec_crash_loaded" if crash else "kexec_loaded"
-    value = _sysfs(f"{SYS_KEXEC}/{name}")
+    value = read_stripped(f"{SYS_KEXEC}/{name}")
     if value is None:
         raise KexecError(f"cannot read {SYS_KEXEC}/{name}: is sysfs mounted and CONFIG_KEXEC on?")
     return value == "1"

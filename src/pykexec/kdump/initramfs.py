@@ -244,8 +244,7 @@ def add_modules(contents: Contents, wanted: list[str], paths: Paths, release: st
     from pykexec.kdump.kmods import ModuleIndex
 
     index = ModuleIndex(paths.modules / release)
-    names = [name for wanted_name in wanted for name in index.resolve(wanted_name)]
-    order = index.load_order(names)
+    order = index.modules_for(wanted)
     for name in order:
         contents.host_file(f"{CP.MODULE_DIR}/{name}.ko", str(index.moddir / index.files[name]),
                            partial(index.contents, name), 0o644)

@@ -168,6 +168,11 @@ class ModuleIndex:
         pre, post = self._softdeps.get(name, ([], []))
         return ([m for w in pre for m in self.resolve(w)], [m for w in post for m in self.resolve(w)])
 
+    def modules_for(self, wanted: Iterable[str]) -> list[str]:
+        """The modules ``wanted`` (names or aliases) resolve to, with what they need, in
+        load order: what the crash initramfs carries and ``kdump test`` checks."""
+        return self.load_order([name for w in wanted for name in self.resolve(w)])
+
     def load_order(self, names: Iterable[str]) -> list[str]:
         """``names`` and every module they need (hard and soft dependencies), each
         after what it needs."""

@@ -155,8 +155,7 @@ def target_modules(config: KdumpConfig, paths: Paths) -> list[str] | None:
     try:
         release = crash_release(config, paths)
         _, wanted = target_plan(config, paths, release)
-        index = ModuleIndex(paths.modules / release)
-        return index.load_order([name for w in wanted for name in index.resolve(w)])
+        return ModuleIndex(paths.modules / release).modules_for(wanted)
     except (KexecError, OSError):
         return None
 

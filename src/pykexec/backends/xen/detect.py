@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pykexec.backends import read_stripped
 from pykexec.errors import KexecError
 
 # Where Linux shows Xen to user space; module constants so tests can point them elsewhere.
@@ -15,15 +16,6 @@ _PVH_MESSAGE = ("dom0 runs in PVH mode and Xen offers kexec_op only to a PV dom0
 
 class XenEnvironmentError(KexecError):
     """This system cannot talk to Xen's kexec_op (not Xen, not dom0, PVH, privcmd missing)."""
-
-
-def read_stripped(path: str) -> str | None:
-    """The text of a small file without surrounding white space, None when unreadable."""
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def hypervisor_type() -> str | None:

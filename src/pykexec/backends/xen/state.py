@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from pykexec.backends.xen.detect import read_stripped
+from pykexec.backends import read_stripped
 from pykexec.backends.xen.rules import type_name
 
 STATE_DIR = "/run/pykexec"
