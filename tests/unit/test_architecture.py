@@ -116,3 +116,16 @@ def test_mypy_is_clean():
     proc = subprocess.run([sys.executable, "-m", "mypy", str(SRC / "pykexec")], capture_output=True, text=True,
                           cwd=SRC.parent, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename (rootdir mode, no __init__.py): two files of one
+    name in different folders stop the whole run at collection, as a clean CI clone showed."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name]} and {path}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes

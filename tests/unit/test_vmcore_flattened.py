@@ -2,7 +2,7 @@
 reads by offset with holes, overlaps and streams cut short), ``vmcore save -F`` (the
 stream rebuilds the very file save writes, in both formats), every reader on a stream,
 and ``vmcore reassemble``.  makedumpfile -R, where installed, rebuilds our streams as we
-do.  The real-dump comparisons with makedumpfile are in tests/vm/test_vmcore_flattened.py.
+do.  The real-dump comparisons with makedumpfile are in tests/vm/test_vmcore_flattened_vm.py.
 """
 
 from __future__ import annotations
