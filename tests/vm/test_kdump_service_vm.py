@@ -27,45 +27,17 @@ from pathlib import Path
 import pytest
 
 from support.debian_fixtures import debian_disk, debian_testbed  # noqa: F401  (fixtures)
+from support.kdump_steps import (CRASH_WITH_PYKEXEC, OUT, PYKEXEC_ENABLE_STEP, PYKEXEC_LIST_STEP, PYKEXEC_READY,
+                                 STATE, SYSRQ_PANIC, capture_end, peak_memory, unit_run_seconds)
 from support.testbed.debian import DebianDisk
 from support.testbed.debian_boot import (BOOT_MARKER, PANIC_LINE, DebianBoot, boot,
                                          seconds_from_crash_marker_to_panic, seconds_from_panic_to_boot)
-from support.testbed.debian_step import CRASH_MARKER
 from support.testbed.ext4 import make_image
 
 pytestmark = pytest.mark.slow
 
-SYSRQ_PANIC = f"{PANIC_LINE}: sysrq triggered crash"
-#: Where steps leave what the host reads back once QEMU has exited.
-OUT = "/var/lib/testbed/out"
-STATE = "/var/lib/pykexec/kdump"
-
-# `kdump test --crash --yes` panics the machine: the marker, sync and drain of the step
-# library's `crash`, then our command instead of its sysrq.
-CRASH_WITH_PYKEXEC = f"""
-mark "{CRASH_MARKER} boot=$TESTBED_BOOT"
-sync
-drain_console
-pykexec kdump test --crash --yes
-report crash_rc $?
-"""
-
-ENABLE_STEP = f"""
-mkdir -p {OUT}
-pykexec kdump enable
-report enable_rc $?
-report enable_again "$(pykexec kdump enable)"
-report enabled "$(systemctl is-enabled pykexec-kdump.service)"
-"""
-
-# The unit loads the crash kernel at boot (building the crash initramfs on this first
-# start); the step waits for the boot to be over.
-CRASH_STEP = f"""
-report state "$(systemctl is-system-running --wait)"
-report unit "$(systemctl is-active pykexec-kdump.service)"
-report unit_seconds "$(systemctl show -P ExecMainStartTimestampMonotonic,ExecMainExitTimestampMonotonic \\
-    pykexec-kdump.service | tr '\\n' ' ')"
-journalctl -b -u pykexec-kdump.service --no-pager -o cat
+# The unit has loaded the crash kernel: `status`, `test` and `estimate` before the crash.
+CRASH_STEP = f"""{PYKEXEC_READY}
 pykexec kdump status --json > {OUT}/status.json
 report status_rc $?
 pykexec kdump test --json > {OUT}/test.json
@@ -79,17 +51,14 @@ pykexec kdump estimate
 sleep 3
 pykexec kdump estimate --json > {OUT}/estimate.json
 report estimate_rc $?
-report initramfs_bytes "$(stat -c %s {STATE}/initramfs.img)"
 cat {STATE}/initramfs.img.json
 sleep 3
 {CRASH_WITH_PYKEXEC}"""
 
 # What these print holds the panic line, which the console must show only for a panic:
 # the host reads it from the disk.
-LIST_STEP = f"""
+LIST_STEP = f"""{PYKEXEC_LIST_STEP}
 pykexec kdump list > {OUT}/list.txt
-pykexec kdump list --json > {OUT}/list.json
-report list_rc $?
 id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["id"])' {OUT}/list.json)
 pykexec kdump show "$id" > {OUT}/show.txt
 report show_rc $?
@@ -126,22 +95,10 @@ def capture_line(crashed: DebianBoot, what: str) -> str:
     return crashed.expect(f"pykexec-kdump: {what}").split("pykexec-kdump: ", 1)[1]
 
 
-def capture_end(crashed: DebianBoot) -> str:
-    """The capture's last line: complete or FAILED, in how long, peak memory, the action taken."""
-    m = re.search(r"pykexec-kdump: (capture (?:complete|FAILED) in .*)", crashed.log)
-    assert m, crashed.describe()
-    return m.group(1)
-
-
-def peak_memory(end_line: str) -> str:
-    m = re.search(r"peak memory: (.*?);", end_line)
-    return m.group(1) if m else "not printed"
-
-
 @pytest.mark.parametrize("kernel", ["6.1", "6.12"])
 def test_service_enable_crash_capture_list(debian_disk: DebianDisk, tmp_path: Path, kernel: str) -> None:
     t0 = time.monotonic()
-    enable = boot(debian_disk, step=ENABLE_STEP, kernel=kernel, timeout=300)
+    enable = boot(debian_disk, step=PYKEXEC_ENABLE_STEP, kernel=kernel, timeout=300)
     enable.assert_step_ok()
     found = enable.reports()
     assert found["enable_rc"] == "0", enable.describe()
@@ -210,8 +167,9 @@ def test_service_enable_crash_capture_list(debian_disk: DebianDisk, tmp_path: Pa
     actual = crash["dump_bytes"]
     wall = time.monotonic() - t0
     print("\n" + debian_disk.read_text(f"{OUT}/list.txt") + show, end="")
+    unit_seconds = unit_run_seconds(crashed.reports())
     print(f"[pykexec kdump, {kernel}] boot with the unit to step runner: {crashed.time_of(BOOT_MARKER):.1f}s "
-          f"(the unit's load, initramfs built: {found_unit_seconds(crashed)})")
+          f"(the unit's load, initramfs built: {'unknown' if unit_seconds is None else f'{unit_seconds:.1f}s'})")
     print(f"[pykexec kdump, {kernel}] crash marker -> panic: {seconds_from_crash_marker_to_panic(crashed):.1f}s")
     print(f"[pykexec kdump, {kernel}] panic -> crash kernel's reboot (QEMU exit): "
           f"{crashed.duration - crashed.time_of(PANIC_LINE):.1f}s")
@@ -232,14 +190,6 @@ def test_service_enable_crash_capture_list(debian_disk: DebianDisk, tmp_path: Pa
     # own leftovers counted, as a write probe once did: 2.6 times the dump) or misses what the
     # dump keeps fails here; the 20% goal is reported above.
     assert actual / 2.5 <= predicted <= 1.5 * actual, (predicted, actual)
-
-
-def found_unit_seconds(crashed: DebianBoot) -> str:
-    """The unit's ExecStart run time, from systemd's monotonic timestamps (microseconds)."""
-    words = crashed.reports().get("unit_seconds", "").split()
-    if len(words) != 2 or not all(w.isdigit() for w in words):
-        return "unknown"
-    return f"{(int(words[1]) - int(words[0])) / 1e6:.1f}s"
 
 
 SMALL_TARGET_BYTES = 16 << 20

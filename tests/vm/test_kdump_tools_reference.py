@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from support.debian_fixtures import debian_disk, debian_testbed  # noqa: F401  (fixtures)
+from support.kdump_steps import (KDUMP_TOOLS_CRASH_STEP, KDUMP_TOOLS_DUMP_START, KDUMP_TOOLS_ENABLE_STEP,
+                                 KDUMP_TOOLS_LIST_STEP, KDUMP_TOOLS_SAVED, SYSRQ_PANIC, unit_run_seconds)
 from support.testbed.debian import DebianDisk
 from support.testbed.debian_boot import (BOOT_MARKER, PANIC_LINE, boot, seconds_from_crash_marker_to_panic,
                                          seconds_from_panic_to_boot)
@@ -25,52 +27,31 @@ from support.testbed.debian_step import CRASH_MARKER
 
 pytestmark = pytest.mark.slow
 
-ENABLE_STEP = """
-sed -i s/USE_KDUMP=0/USE_KDUMP=1/ /etc/default/kdump-tools
-systemctl enable kdump-tools.service
-report enabled "$(systemctl is-enabled kdump-tools.service)"
-"""
-
-# kdump-tools' first start builds its crash initrd (about a minute under TCG) before the
-# system reaches multi-user.target and the step runs.
-CRASH_STEP = """
-report state "$(systemctl is-system-running --wait)"
-report status "$(kdump-config status | grep 'current state')"
-report crash_loaded "$(cat /sys/kernel/kexec_crash_loaded)"
-report initrd_bytes "$(stat -c %s /var/lib/kdump/initrd.img-$(uname -r))"
-crash
-"""
-
-LIST_STEP = """
-report crashes "$(ls /var/crash | grep '^2' | tr '\\n' ' ')"
-"""
-
-
 def assert_log_ends_with_panic(log: str) -> None:
     """The last record is the panic, followed only by the panicking CPU's stack dump."""
     lines = log.splitlines()
-    panics = [i for i, line in enumerate(lines) if f"{PANIC_LINE}: sysrq triggered crash" in line]
+    panics = [i for i, line in enumerate(lines) if SYSRQ_PANIC in line]
     assert panics, log[-2000:]
     after = lines[panics[-1] + 1:]
     assert not after or ("CPU: " in after[0] and after[-1].endswith("</TASK>")), log[-2000:]
 
 
 def test_kdump_tools_captures_a_sysrq_crash(debian_disk: DebianDisk, tmp_path: Path) -> None:
-    enable = boot(debian_disk, step=ENABLE_STEP, timeout=240)
+    enable = boot(debian_disk, step=KDUMP_TOOLS_ENABLE_STEP, timeout=240)
     enable.assert_step_ok()
     assert enable.reports()["enabled"] == "enabled"
 
-    crashed = boot(debian_disk, step=CRASH_STEP, timeout=480)
+    crashed = boot(debian_disk, step=KDUMP_TOOLS_CRASH_STEP, timeout=480)
     found = crashed.reports()
     assert found.get("status") == "current state   : ready to kdump", crashed.describe()
     assert found["crash_loaded"] == "1"
-    crashed.expect(f"{PANIC_LINE}: sysrq triggered crash")
+    crashed.expect(SYSRQ_PANIC)
     assert not crashed.run.timed_out, crashed.describe()
     # The crash kernel ran kdump-tools' capture and rebooted, which ended QEMU.
-    crashed.expect("kdump-tools: saved vmcore in /var/crash/")
+    crashed.expect(KDUMP_TOOLS_SAVED)
     assert crashed.step_rc is None
 
-    listed = boot(debian_disk, step=LIST_STEP, timeout=240)
+    listed = boot(debian_disk, step=KDUMP_TOOLS_LIST_STEP, timeout=240)
     listed.assert_step_ok()
     (stamp,) = listed.reports()["crashes"].split()
     assert re.fullmatch(r"\d{12}", stamp), stamp
@@ -85,14 +66,14 @@ def test_kdump_tools_captures_a_sysrq_crash(debian_disk: DebianDisk, tmp_path: P
     # The step's markers go through the kernel's log: the dump is of this boot's crash.
     assert f"{CRASH_MARKER} boot=2" in dmesg.stdout, dmesg.stdout[-2000:]
     saved_log = debian_disk.read_text(f"/var/crash/{stamp}/dmesg.{stamp}")
-    assert f"{PANIC_LINE}: sysrq triggered crash" in saved_log
+    assert SYSRQ_PANIC in saved_log
 
     print(f"\n[kdump-tools] boot to step runner: {crashed.time_of(BOOT_MARKER):.1f}s "
-          "(includes building its crash initrd on this first start)")
+          f"(includes its unit's first start, building its crash initrd: {unit_run_seconds(found)}s)")
     print(f"[kdump-tools] crash marker -> panic: {seconds_from_crash_marker_to_panic(crashed):.1f}s")
     print(f"[kdump-tools] panic -> crash kernel's reboot (QEMU exit): "
           f"{crashed.duration - crashed.time_of(PANIC_LINE):.1f}s")
-    capture = crashed.time_of("kdump-tools: saved vmcore") - crashed.time_of("running makedumpfile -F")
+    capture = crashed.time_of(KDUMP_TOOLS_SAVED) - crashed.time_of(KDUMP_TOOLS_DUMP_START)
     print(f"[kdump-tools] makedumpfile in the crash kernel: {capture:.1f}s")
     print(f"[kdump-tools] panic -> next boot's step runner: {seconds_from_panic_to_boot(crashed, listed):.1f}s")
     print(f"[kdump-tools] dump: {files[f'dump.{stamp}']} bytes (makedumpfile -F -c -d 31), "
