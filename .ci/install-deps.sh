@@ -7,7 +7,7 @@ set -eu
 
 PACKAGES="qemu-system-x86 busybox-static cpio gzip kexec-tools makedumpfile
 binutils gcc dpkg-dev ca-certificates python3-venv strace ovmf
-mmdebstrap e2fsprogs"
+mmdebstrap e2fsprogs openssh-server libsnappy1v5"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: must run as root" >&2
@@ -53,8 +53,20 @@ fi
 
 if [ -n "$missing" ]; then
     echo "install-deps.sh: installing:$missing"
+    # openssh-server's sshd serves the kdump ssh-target test on 127.0.0.1 only, started by the
+    # test itself: the package must not start a daemon on every address here (policy-rc.d 101
+    # forbids it), and its unit stays disabled.
+    policy_added=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
     # shellcheck disable=SC2086
-    apt-get $APT_OPTS install -y -q --no-install-recommends $missing
+    apt-get $APT_OPTS install -y -q --no-install-recommends $missing || install_rc=$?
+    if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ "${install_rc:-0}" != 0 ]; then exit "$install_rc"; fi
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable ssh.service >/dev/null 2>&1 || true; fi
 else
     echo "install-deps.sh: all packages already installed"
 fi

@@ -26,7 +26,6 @@ from support.vmcore_synth import Memory, Region, write_core
 MiB = 1 << 20
 PAGE = 4096
 DIRECT = 0xFFFF888000000000
-REAL_VMCORES = Path(__file__).resolve().parents[2] / ".cache/testbed/vmcores"
 
 
 def inputs(**changes: object) -> estimate.NeedInputs:
@@ -295,19 +294,3 @@ def test_no_prediction_in_a_xen_dom0(root: Paths) -> None:
     (root.proc / "xen/capabilities").write_text("control_d\n")
     with pytest.raises(KcoreUnavailable, match="in a Xen dom0 a dump holds the machine's memory"):
         dump_size.predict_here(KdumpConfig(), root)
-
-
-@pytest.mark.parametrize("name", ["vmcore-6.1.0-57-cloud-amd64-smp1.elf", "vmcore-6.12.118+deb12-cloud-amd64-smp1.elf"])
-def test_prediction_of_a_real_kernel_dump_within_the_goal(tmp_path: Path, name: str) -> None:
-    """A real 6.1/6.12 dump (the test bed's cache), read as /proc/kcore is: the
-    prediction at -d 31 with zstd is within 20% (the issue's goal) of what vmcore save
-    writes, and inside its own 95% interval."""
-    source = REAL_VMCORES / name
-    if not source.exists():
-        pytest.skip(f"no cached {name} (python -m support.vmcore_fixture makes it)")
-    with Kcore(source) as core:
-        p = dump_size.predict(core, dump_level=31, compression="zstd")
-    actual = save(str(source), str(tmp_path / "dump"), progress=False).out_bytes
-    assert abs(p.predicted_bytes - actual) / actual < 0.20
-    assert p.low_bytes <= actual <= p.high_bytes
-    assert p.excluded["free"] > 0 and p.exclusion_ranges > 0

@@ -65,7 +65,7 @@ def test_unchanged(fake: FakeKexec, paths: Paths) -> None:
 
 def test_reservation(paths: Paths) -> None:
     (finding,) = selftest.check_reservation(CONFIG, paths, None)
-    assert finding.status == OK and finding.message.startswith("256 MiB reserved, about ")
+    assert finding.status == OK and finding.message.startswith("256 MiB reserved, about "), finding
     (paths.sys / "kernel/kexec_crash_size").write_text(str(64 * MiB))
     (finding,) = selftest.check_reservation(CONFIG, paths, (1 << 22, 1 << 22, 100))
     assert finding.status == FAIL and finding.message.startswith("64 MiB reserved, the crash kernel needs about ")

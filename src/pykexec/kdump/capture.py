@@ -236,11 +236,19 @@ class Capture:
         return ", ".join(parts)
 
     def save_raw(self) -> None:
+        """The dump as a flattened stream from the device's first byte (see
+        :mod:`pykexec.kdump.raw_target`: the next boot collects it)."""
         device = self.plan.device
         assert device is not None, "a raw target's plan names its device"
-        complete, _ = self.save_dump(self.path(self.find_device(device)), force=True)
-        if not complete:
-            raise OSError("the dump on the raw device is incomplete")
+        node = self.find_device(device)
+        fd = os.open(self.path(node), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            saved = self.save_dump(fd, name=node)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if saved is None or not saved[0]:
+            raise OSError(f"the dump on {node} is incomplete")
 
     def save_crash(self, target_dir: str, dump: CrashDump) -> None:
         """The crash directory: log, provisional record, dump, final record."""

@@ -162,6 +162,12 @@ def _load(config: KdumpConfig, paths: Paths, force: bool) -> int:
     from pykexec.kdump import service
 
     outcome = service.load(config, paths, force=force)
+    if outcome.collect_error:
+        sys.stderr.write(f"pykexec kdump: {outcome.collect_error}\n")
+    if outcome.collected is not None:
+        got = outcome.collected
+        _say(f"collected the dump on {config.target} into {got.directory} "
+             f"({'complete' if got.complete else 'INCOMPLETE: ' + str(got.error)})")
     crash = outcome.crash_kernel
     files = f"{crash.kernel} with {crash.initrd}"
     if outcome.action == "unchanged":

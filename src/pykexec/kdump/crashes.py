@@ -32,7 +32,9 @@ def local_records(config: KdumpConfig, paths: Paths) -> list[CrashRecord]:
     if target.kind == "ssh":
         raise KexecError(f"the crashes are saved on {target.host} ({config.target}): list them there")
     if target.kind == "raw":
-        raise KexecError(f"the target is the raw device {target.path}: read its dump with pykexec vmcore")
+        from pykexec.kdump.raw_target import collect_dir
+
+        return records.list_records(collect_dir(paths))
     return records.list_records(paths.under(target.path))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pykexec import kexec
@@ -56,6 +56,8 @@ class LoadOutcome:
     crash_kernel: CrashKernel
     changed: tuple[str, ...] = ()
     plan: LoadPlan | None = None
+    collected: CrashRecord | None = None   # a raw target's dump, collected first
+    collect_error: str | None = None       # why it could not be (the load went on)
 
 
 def crash_append(config: KdumpConfig) -> str:
@@ -165,7 +167,28 @@ def remove_stamp(paths: Paths) -> None:
 def load(config: KdumpConfig, paths: Paths, *, force: bool = False,
          log: Callable[[str], None] | None = None) -> LoadOutcome:
     """Load the crash kernel, unless the one loaded is the one the stamp describes and
-    nothing changed since (``force``: load anyway)."""
+    nothing changed since (``force``: load anyway).  A raw target's dump of the last
+    crash is collected first (:mod:`pykexec.kdump.raw_target`); failing to, the load
+    goes on: the next crash is what the service is for."""
+    collected, collect_error = collect_raw(config, paths)
+    outcome = _load(config, paths, force=force, log=log)
+    return replace(outcome, collected=collected, collect_error=collect_error)
+
+
+def collect_raw(config: KdumpConfig, paths: Paths) -> tuple[CrashRecord | None, str | None]:
+    """The dump a raw target holds, collected: (its record or None, why it failed or None)."""
+    if config.parsed_target.kind != "raw":
+        return None, None
+    from pykexec.kdump import raw_target
+    from pykexec.vmcore.errors import VmcoreError
+
+    try:
+        return raw_target.collect(config, paths), None
+    except (OSError, VmcoreError) as err:
+        return None, f"cannot collect the dump on {config.target}: {err}"
+
+
+def _load(config: KdumpConfig, paths: Paths, *, force: bool, log: Callable[[str], None] | None) -> LoadOutcome:
     crash = crash_kernel(config, paths)
     stamp = make_stamp(config, paths, crash)
     if not stamp["kernel_sha256"]:
@@ -205,6 +228,8 @@ def reserved_bytes(paths: Paths) -> int | None:
             return int((paths.sys / "kernel/kexec_crash_size").read_text())
         except (OSError, ValueError):
             pass
+    if paths.root != Path("/"):
+        return None  # the probe below reads this machine, not the one under paths
     from pykexec import probe
 
     try:
@@ -244,10 +269,15 @@ def status(config: KdumpConfig, paths: Paths, *, crashes: int = 3) -> dict[str, 
 
 
 def recent_crashes(config: KdumpConfig, paths: Paths) -> list[CrashRecord]:
-    """The crashes on a local target, newest first (an ssh or raw target: none here)."""
+    """The crashes on a local target, or collected from a raw one, newest first (an ssh
+    target: none here)."""
     from pykexec.kdump import records
 
     target = config.parsed_target
+    if target.kind == "raw":
+        from pykexec.kdump.raw_target import collect_dir
+
+        return records.list_records(collect_dir(paths))
     if target.kind != "local":
         return []
     return records.list_records(paths.under(target.path))

@@ -63,9 +63,10 @@ def _read_full(fd: int, view: memoryview) -> int:
     return got
 
 
-def reassemble(src_fd: int, dst_fd: int) -> Reassembly:
+def reassemble(src_fd: int, dst_fd: int, *, limit: int | None = None) -> Reassembly:
     """Read the stream on ``src_fd`` and write the file it describes to ``dst_fd``;
-    VmcoreError if it is no flattened stream or a record is corrupt."""
+    VmcoreError if it is no flattened stream or a record is corrupt (or, with ``limit``,
+    reaches past that offset of the file)."""
     from pykexec.vmcore.output import pwrite_all
 
     result = Reassembly()
@@ -84,8 +85,11 @@ def reassemble(src_fd: int, dst_fd: int) -> Reassembly:
         if record is None:
             result.complete = True
             break
-        result.records += 1
         at, left = record
+        if limit is not None and at + left > limit:
+            raise VmcoreError(f"corrupt flattened stream: record {result.records + 1} reaches offset "
+                              f"{at + left}, past {limit}")
+        result.records += 1
         while left:
             want = min(left, len(buf))
             n = _read_full(src_fd, view[:want])
