@@ -15,12 +15,15 @@ faster or smaller).  Figures:
   kernel boot, capture, reboot, next boot; the host's pause between two QEMU runs is not
   counted: ``seconds_from_panic_to_boot``);
 * crash kernel's life: from the panic line to QEMU's exit on the crash kernel's reboot;
-* capture: pykexec's ``capture complete in X s`` (its whole capture in the crash kernel:
-  modules, target, log, dump, record, sync); kdump-tools: from its ``running makedumpfile``
-  console line to ``saved vmcore`` (makedumpfile -F -c -d 31 piped to the file; the log was
-  saved before it, outside that span);
-* dump write: pykexec's ``dump saved ... in X s`` (its vmcore save alone);
-* dump size: the file's size on the disk; crash initramfs: pykexec's
+* capture: pykexec's ``capture complete in X s`` (its whole capture in the crash kernel,
+  once Python runs: modules, target, log, dump, record, sync, unmount); kdump-tools: from
+  its crash kernel's ``Starting kdump-tools:`` console line to ``saved vmcore`` (the log by
+  makedumpfile --dump-dmesg, then the dump);
+* dump write: pykexec's ``dump saved ... in X s`` (its vmcore save alone); kdump-tools: from
+  ``running makedumpfile -F`` to ``saved vmcore`` (makedumpfile -F -c -d 31 piped to the file);
+* dump size: the file's size on the disk; pages in the dump: as pykexec's reader counts them
+  on the host (both formats, makedumpfile's flattened one too), and size / pages;
+* crash initramfs: pykexec's
   /var/lib/pykexec/kdump/initramfs.img, kdump-tools' /var/lib/kdump/initrd.img-$(uname -r);
 * first start: the unit's ExecStart run time on the first boot with the service on
   (systemd's ExecMainStart/ExitTimestampMonotonic): building the crash initramfs, then loading;
@@ -47,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pykexec.vmcore.open import open_dump
+
 from support.kdump_steps import (KDUMP_TOOLS_DUMP_START, KDUMP_TOOLS_ENABLE_STEP, KDUMP_TOOLS_LIST_STEP,
                                  KDUMP_TOOLS_READY, KDUMP_TOOLS_SAVED, OUT, PYKEXEC_ENABLE_STEP,
                                  PYKEXEC_LIST_STEP, PYKEXEC_READY, SYSRQ_PANIC, capture_end, capture_seconds,
@@ -55,6 +60,10 @@ from support.kdump_steps import (KDUMP_TOOLS_DUMP_START, KDUMP_TOOLS_ENABLE_STEP
 from support.testbed.cache import TestbedError
 from support.testbed.debian import DebianDisk, DebianTestbed
 from support.testbed.debian_boot import PANIC_LINE, DebianBoot, boot, seconds_from_panic_to_boot
+
+PAGE_SIZE = 4096
+#: kdump-tools' init script's first line in its crash kernel (its capture starts).
+KDUMP_TOOLS_START = "Starting kdump-tools:"
 
 # The same for both: let the last commands' freed pages leave the per-CPU lists (a dump
 # keeps them), then the step library's sysrq crash.
@@ -65,8 +74,10 @@ ROWS = [
     ("panic_to_boot_s", "panic -> back up (boot marker)", "s"),
     ("crash_kernel_s", "panic -> crash kernel's reboot", "s"),
     ("capture_s", "capture in the crash kernel", "s"),
-    ("dump_write_s", "dump write (pykexec: vmcore save)", "s"),
+    ("dump_write_s", "dump write", "s"),
     ("dump_bytes", "dump size", "B"),
+    ("dump_pages", "pages in the dump", "pages"),
+    ("bytes_per_page", "dump bytes per page", "B/page"),
     ("initramfs_bytes", "crash initramfs size", "B"),
     ("first_start_s", "first start: build + load", "s"),
     ("capture_peak_rss_mib", "capture peak RSS (VmHWM)", "MiB"),
@@ -88,7 +99,30 @@ def crash_kernel_seconds(crashed: DebianBoot) -> float:
     return crashed.duration - crashed.time_of(PANIC_LINE)
 
 
-def capture_pykexec(disk: DebianDisk, kernel: str) -> dict[str, Any]:
+def time_after_panic(crashed: DebianBoot, text: str) -> float:
+    """When the first console line holding ``text`` after the panic appeared (the crash
+    kernel's; the first kernel may print the same words)."""
+    panic = crashed.time_of(PANIC_LINE)
+    for seconds, line in crashed.line_times:
+        if seconds >= panic and text in line:
+            return seconds
+    raise BenchError(f"{text!r} not on the console after the panic\n{crashed.describe()}")
+
+
+def dump_figures(disk: DebianDisk, guest_path: str, work: Path) -> dict[str, Any]:
+    """The dump's size on the disk and the pages it holds (read on the host by pykexec's
+    reader, which takes makedumpfile's flattened files too)."""
+    copy = disk.copy_file_out(guest_path, work / "dump")
+    try:
+        dump = open_dump(copy)
+        pages = dump.memory_bytes // PAGE_SIZE
+        size = copy.stat().st_size
+    finally:
+        copy.unlink()
+    return {"dump_bytes": size, "dump_pages": pages, "bytes_per_page": size / pages if pages else None}
+
+
+def capture_pykexec(disk: DebianDisk, kernel: str, work: Path) -> dict[str, Any]:
     enable = boot(disk, step=PYKEXEC_ENABLE_STEP, kernel=kernel, timeout=300)
     check(enable.step_rc == 0 and enable.reports().get("enabled") == "enabled", "pykexec kdump enable failed", enable)
     crashed = boot(disk, step=PYKEXEC_READY + SETTLE_AND_CRASH, kernel=kernel, timeout=600)
@@ -100,18 +134,18 @@ def capture_pykexec(disk: DebianDisk, kernel: str) -> dict[str, Any]:
     check(listed.step_rc == 0, "pykexec kdump list failed", listed)
     crashes = json.loads(disk.read_text(f"{OUT}/list.json"))
     check(len(crashes) == 1 and crashes[0]["complete"] is True, f"not one complete crash: {crashes}", listed)
-    files = {e.name: e.size for e in disk.listdir(crashes[0]["directory"])}
     memory = parse_peak_memory(end)
     return {"panic_to_boot_s": seconds_from_panic_to_boot(crashed, listed),
             "crash_kernel_s": crash_kernel_seconds(crashed),
             "capture_s": capture_seconds(end), "dump_write_s": dump_write_seconds(crashed.log),
-            "dump_bytes": files["vmcore"], "initramfs_bytes": int(found["initramfs_bytes"]),
+            **dump_figures(disk, f"{crashes[0]['directory']}/vmcore", work),
+            "initramfs_bytes": int(found["initramfs_bytes"]),
             "first_start_s": unit_run_seconds(found),
             "capture_peak_rss_mib": memory.capture_mib, "in_use_mib": memory.in_use_mib,
             "total_mib": memory.total_mib, "capture_line": end}
 
 
-def capture_kdump_tools(disk: DebianDisk, kernel: str) -> dict[str, Any]:
+def capture_kdump_tools(disk: DebianDisk, kernel: str, work: Path) -> dict[str, Any]:
     install_memory_probe(disk)
     enable = boot(disk, step=KDUMP_TOOLS_ENABLE_STEP, kernel=kernel, timeout=300)
     check(enable.step_rc == 0 and enable.reports().get("enabled") == "enabled", "kdump-tools not enabled", enable)
@@ -125,21 +159,22 @@ def capture_kdump_tools(disk: DebianDisk, kernel: str) -> dict[str, Any]:
     stamps = listed.reports().get("crashes", "").split()
     check(len(stamps) == 1, f"not one crash directory: {stamps}", listed)
     (stamp,) = stamps
-    files = {e.name: e.size for e in disk.listdir(f"/var/crash/{stamp}")}
     probe = parse_probe(crashed.log)
     check(probe is not None, "the memory probe printed nothing", crashed)
     assert probe is not None
+    saved = time_after_panic(crashed, KDUMP_TOOLS_SAVED)
     return {"panic_to_boot_s": seconds_from_panic_to_boot(crashed, listed),
             "crash_kernel_s": crash_kernel_seconds(crashed),
-            "capture_s": crashed.time_of(KDUMP_TOOLS_SAVED) - crashed.time_of(KDUMP_TOOLS_DUMP_START),
-            "dump_write_s": None,
-            "dump_bytes": files[f"dump.{stamp}"], "initramfs_bytes": int(found["initrd_bytes"]),
+            "capture_s": saved - time_after_panic(crashed, KDUMP_TOOLS_START),
+            "dump_write_s": saved - time_after_panic(crashed, KDUMP_TOOLS_DUMP_START),
+            **dump_figures(disk, f"/var/crash/{stamp}/dump.{stamp}", work),
+            "initramfs_bytes": int(found["initrd_bytes"]),
             "first_start_s": unit_run_seconds(found),
             "capture_peak_rss_mib": probe.makedumpfile_mib, "in_use_mib": probe.in_use_mib,
             "total_mib": probe.total_mib, "peak_in_use_mib": probe.peak_in_use_mib, "probe_samples": probe.samples}
 
 
-SERVICES: dict[str, Callable[[DebianDisk, str], dict[str, Any]]] = {
+SERVICES: dict[str, Callable[[DebianDisk, str, Path], dict[str, Any]]] = {
     "pykexec": capture_pykexec, "kdump-tools": capture_kdump_tools}
 
 
@@ -153,6 +188,10 @@ def fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit == "B":
         return f"{value / 1e6:.1f} MB"
+    if unit == "pages":
+        return f"{value:.0f}"
+    if unit == "B/page":
+        return f"{value:.0f} B"
     return f"{value:.1f} {unit}"
 
 
@@ -197,7 +236,7 @@ def main() -> int:
                 disk = bed.new_disk(work / f"{name}-r{round_no}.img")
                 started = time.monotonic()
                 try:
-                    figures = capture(disk, args.kernel)
+                    figures = capture(disk, args.kernel, work)
                 except (BenchError, TestbedError, KeyError, ValueError, AssertionError) as err:
                     print(f"kdump_service: {name}, round {round_no}: {err}", file=sys.stderr)
                     return 1
