@@ -71,8 +71,9 @@ def test_info_xen_section(tmp_path: Path, capsys):
 
 
 def test_info_on_a_dump_cut_short(tmp_path: Path, capsys):
-    """PT_LOADs past the end of the file (a copy stopped by a full disk): the description
-    first, then one stderr line naming the first PT_LOAD cut short, and exit 1."""
+    """PT_LOADs past the end of the file (a copy stopped by a full disk): first line says the
+    dump is incomplete, where the file ends and what is missing, then the description, exit 1
+    (--json: the line on stderr, and as "incomplete")."""
     core = write_core(tmp_path / "core", Memory.standard(), "\n".join(base_vmcoreinfo()) + "\n")
     data = core.read_bytes()
     (phoff,) = struct.unpack_from("<Q", data, 32)
@@ -80,13 +81,16 @@ def test_info_on_a_dump_cut_short(tmp_path: Path, capsys):
     loads = [E.PHDR64_FMT.unpack_from(data, phoff + i * E.PHDR64_FMT.size) for i in range(phnum)]
     last = max((ph for ph in loads if ph[0] == E.PT_LOAD), key=lambda ph: ph[2])
     offset, filesz = last[2], last[5]
+    total = sum(ph[5] for ph in loads if ph[0] == E.PT_LOAD)
     cut = offset + filesz // 2
     core.write_bytes(data[:cut])
-    said = (f"pykexec: {core}: cut short: PT_LOAD at offset {offset:#x} needs {offset + filesz} bytes, "
-            f"the file has {cut}\n")
+    said = (f"pykexec: DUMP INCOMPLETE: the file ends at byte {cut}, inside PT_LOAD 2 of 2 "
+            f"({(filesz - filesz // 2) / (1 << 20):.1f} of {total / (1 << 20):.1f} MiB of memory missing, "
+            "in 1 of 2 PT_LOADs)\n")
     assert cli.main(["info", str(core)]) == 1
     out, err = capsys.readouterr()
-    assert out.startswith(f"{core}: elf64 x86_64 dump, 2 PT_LOADs") and "vmcoreinfo:" in out and err == said
+    assert out.startswith(said + f"{core}: elf64 x86_64 dump, 2 PT_LOADs") and "vmcoreinfo:" in out and err == ""
     assert cli.main(["info", "--json", str(core)]) == 1
     out, err = capsys.readouterr()
-    assert json.loads(out)["osrelease"] == "6.1.0-synthetic" and err == said
+    described = json.loads(out)
+    assert described["osrelease"] == "6.1.0-synthetic" and err == said and described["incomplete"] == said[26:-1]

@@ -23,7 +23,7 @@ from pykexec.errors import KexecError, UsageError, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from pykexec.argv import Parser
@@ -48,13 +48,17 @@ DMESG_DESCRIPTION = """\
 Print the kernel log (dmesg) recorded in a crash dump such as /proc/vmcore.
 Output matches kexec-tools' vmcore-dmesg unless an option changes it.  In a dump
 of a Xen machine that is dom0's log (needs dom0's VMCOREINFO, saved when the crash
-kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring."""
+kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring.
+Of a dump flagged incomplete or cut short, every record that can be read is printed,
+after "pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING)" on stderr, then how many records
+were lost, and the exit status is 1."""
 
 INFO_DESCRIPTION = """\
 Describe a crash dump without debug symbols: its notes, each CPU's registers at the
 crash, the VMCOREINFO keys and, for a Xen machine, the hypervisor's crash information.
-A dump whose PT_LOADs run past the end of the file (cut short) is described, then
-named on stderr, and the exit status is 1."""
+A dump flagged incomplete or cut short is described as far as it can be read, after a
+first line "pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING)" (with --json, on stderr,
+and as the key "incomplete"), and the exit status is 1."""
 
 SAVE_DESCRIPTION = """\
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
@@ -161,16 +165,30 @@ def parse_dmesg_args(argv: Sequence[str]) -> DmesgOptions | None:
 
 
 def dmesg(opts: DmesgOptions) -> bytes:
-    """The text ``vmcore dmesg`` prints for ``opts``."""
+    """The text ``vmcore dmesg`` prints for ``opts`` (of an incomplete dump, what can be read)."""
+    return read_dmesg(opts)[0]
+
+
+def incomplete_line(damage: str) -> str:
+    """The first line ``vmcore info`` and ``vmcore dmesg`` print for a dump that is not whole."""
+    return f"pykexec: DUMP INCOMPLETE: {damage}\n"
+
+
+def read_dmesg(opts: DmesgOptions, warn: Callable[[str], object] | None = None) -> tuple[bytes, str, str]:
+    """(text, why the dump is incomplete or "", what of its log is lost or "") for ``opts``;
+    ``warn`` gets :func:`incomplete_line` as soon as the dump is found incomplete."""
     from pykexec.vmcore.open import open_dump
     from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
     with open_dump(opts.path) as core:
+        damage = core.damage()
+        if damage and warn is not None:
+            warn(incomplete_line(damage))
         if opts.xen:
             from pykexec.vmcore.xen import xen_console_ring
 
-            return xen_console_ring(core, opts.xen_syms)
+            return xen_console_ring(core, opts.xen_syms), damage, ""
         source: DumpMemory = core
         if any(n.name == b"Xen" for n in core.notes):
             # A dump of a Xen machine: its "physical" addresses are machine addresses,
@@ -179,10 +197,10 @@ def dmesg(opts: DmesgOptions) -> bytes:
 
             if is_xen_dump(core.notes):
                 source = dom0_memory(core)
-        log = read_log(source)
+        log = read_log(source, lenient=bool(damage))
         boot = boot_time(log, source.require_vmcoreinfo().crashtime) if opts.ctime else None
         return format_log(log, levels=levels, decode=opts.decode, boot=boot,
-                          show_caller=opts.show_caller)
+                          show_caller=opts.show_caller), damage, log.lost
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -197,8 +215,8 @@ def info_parser() -> Parser:
 
 
 def info(argv: Sequence[str]) -> tuple[str, str] | None:
-    """What ``vmcore info [--json] PATH`` prints, and "" or the one line saying the dump
-    is cut short; None when help was asked for."""
+    """What ``vmcore info [--json] PATH`` prints, and "" or why the dump is not whole and
+    what is missing (:func:`incomplete_line`); None when help was asked for."""
     from pykexec.vmcore import info as info_mod
     from pykexec.vmcore.open import open_dump
 
@@ -209,12 +227,14 @@ def info(argv: Sequence[str]) -> tuple[str, str] | None:
         raise UsageError("expected exactly one dump file (PATH)")
     with open_dump(args.operands[0]) as core:
         description = info_mod.describe(core)
-        cut_short = info_mod.cut_short(core)
+        damage = core.damage()
     if args.json:
         import json
 
-        return json.dumps(description, indent=2) + "\n", cut_short
-    return info_mod.render_text(description), cut_short
+        if damage:
+            description["incomplete"] = damage
+        return json.dumps(description, indent=2) + "\n", damage
+    return (incomplete_line(damage) if damage else "") + info_mod.render_text(description), damage
 
 
 # -- save ----------------------------------------------------------------------------------
@@ -350,21 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if shown is None:
                 sys.stdout.write(info_parser().format_help())
                 return 0
-            text, cut_short = shown
+            text, damage = shown
+            if damage and text.startswith("{"):  # --json: the line on stderr, the JSON says it too
+                sys.stderr.write(incomplete_line(damage))
+                sys.stderr.flush()
             sys.stdout.write(text)
-            if cut_short:
-                from pykexec.vmcore.errors import VmcoreError
-
-                sys.stdout.flush()  # what could be read first, then why it is not all
-                raise VmcoreError(cut_short)
-            return 0
+            return 1 if damage else 0
         if command != "dmesg":
             raise UsageError(f"unknown vmcore command {command!r} (expected: dmesg, info, save or reassemble)")
         opts = parse_dmesg_args(args)
         if opts is None:
             sys.stdout.write(dmesg_parser().format_help())
             return 0
-        out = dmesg(opts)
+        out, damage, lost = read_dmesg(opts, _warn)
     except KexecError as err:
         return report(err, "pykexec vmcore")
     try:
@@ -376,8 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return 0
+        return 1 if damage or lost else 0
+    if lost:
+        sys.stderr.write(f"pykexec: {lost}\n")
+    return 1 if damage or lost else 0
+
+
+def _warn(line: str) -> None:
+    """A line on stderr before anything on stdout."""
+    sys.stderr.write(line)
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ class ElfCore:
             raise self._err(f"unknown ELF class {mv[EI_CLASS]}")
         if mv[EI_DATA] != ELFDATA2LSB:
             raise self._err("big-endian core files are not supported (only ELF64 little-endian)")
-        (_ident, e_type, self.machine, _ver, _entry, phoff, shoff, _flags, _ehsize,
+        (_ident, e_type, self.machine, _ver, _entry, phoff, shoff, flags, _ehsize,
          phentsize, phnum, _shentsize, _shnum, _shstrndx) = EHDR64_FMT.unpack_from(mv, 0)
         if e_type != ET_CORE:
             raise self._err(f"not a core file (ELF type {e_type})")
@@ -143,7 +143,11 @@ class ElfCore:
         if phnum and phentsize != PHDR64_FMT.size:
             raise self._err(f"unexpected program header size {phentsize}")
         if phoff + phnum * PHDR64_FMT.size > self.size:
-            raise self._err(f"truncated: {phnum} program headers at {phoff:#x} run past the end of the file")
+            raise VmcoreError(f"DUMP INCOMPLETE: {self.path}: the file ends at byte {self.size}, inside its "
+                              f"{phnum} program headers (nothing to read)")
+        #: e_flags 1: the writer stopped early (makedumpfile's, and ours, mark of an incomplete dump).
+        self.flagged = bool(flags & 1)
+        self.notes_cut = False
 
         self.loads: list[Load] = []
         self.notes: list[Note] = []
@@ -160,15 +164,16 @@ class ElfCore:
                 note_bytes += filesz  # each note's bytes are copied: bound them all, not each PT_NOTE
                 if note_bytes > MAX_NOTE_SEGMENT:
                     raise self._err(f"PT_NOTEs of {note_bytes} bytes in all are implausibly large")
-                if off + filesz > self.size:
-                    raise self._err("truncated: PT_NOTE runs past the end of the file")
+                have = max(0, min(filesz, self.size - off))  # a file cut short: the notes that arrived
+                self.notes_cut = self.notes_cut or have < filesz
                 try:
-                    for note in iter_notes(self._view(off, filesz)):
+                    for note in iter_notes(self._view(off, have) if have else b""):
                         if len(self.notes) >= MAX_NOTES:
                             raise self._err(f"more than {MAX_NOTES} notes: corrupt program headers")
                         self.notes.append(note)
                 except NoteFormatError as err:
-                    raise self._err(f"corrupt note: {err}") from None
+                    if have == filesz:
+                        raise self._err(f"corrupt note: {err}") from None
 
         raw = next((n.desc for n in self.notes
                     if n.name == b"VMCOREINFO" and n.type == NT_VMCOREINFO), None)
@@ -190,6 +195,35 @@ class ElfCore:
     def memory_bytes(self) -> int:
         """The memory the PT_LOADs describe."""
         return sum(seg.memsz for seg in self.loads)
+
+    def damage(self) -> str:
+        """"" for a whole dump; else why it is not whole and what is missing, one line:
+        flagged incomplete (``e_flags`` 1), a flattened stream cut short, or a file that
+        ends early (by the byte where it ends)."""
+        why = []
+        if self.flagged:
+            why.append("flagged incomplete (ELF e_flags 1: the save stopped early)")
+        short = [seg for seg in self.loads if seg.avail < seg.filesz]
+        stream_cut = self._source is not None and not self._source.complete
+        if stream_cut:
+            assert self._source is not None
+            why.append(f"a flattened stream that ends at byte {self._source.stream_size} without its end marker")
+        elif short or self.notes_cut:
+            where = (f"inside PT_LOAD {self.loads.index(short[0]) + 1} of {len(self.loads)}" if short
+                     else "inside its notes")
+            why.append(f"the file ends at byte {self.size}, {where}")
+        if not why:
+            return ""
+        lost = sum(seg.filesz - seg.avail for seg in short)
+        total = sum(seg.filesz for seg in self.loads)
+        if short:
+            missing = (f"{lost / (1 << 20):.1f} of {total / (1 << 20):.1f} MiB of memory missing, "
+                       f"in {len(short)} of {len(self.loads)} PT_LOADs")
+        elif self.notes_cut:
+            missing = "notes cut short, no memory"
+        else:
+            missing = f"its PT_LOADs hold {total / (1 << 20):.1f} MiB; memory it did not reach is missing"
+        return f"{' and '.join(why)} ({missing})"
 
     def require_vmcoreinfo(self) -> VmcoreInfo:
         if self.vmcoreinfo is None:

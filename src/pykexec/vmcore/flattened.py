@@ -28,7 +28,7 @@ class FlattenedFile:
     """A flattened stream, read as the file ``makedumpfile -R`` would rebuild from it.
 
     Records are indexed when it is opened: ``records`` (how many), ``size`` (of the
-    rebuilt file), ``complete`` (False: the stream stops before its end marker, cut
+    rebuilt file), ``stream_size`` (of the stream), ``complete`` (False: the stream stops before its end marker, cut
     short; what it holds is served all the same).  Later records win where records
     overlap; bytes no record covers read as zeros.  Context manager.
     """
@@ -52,7 +52,7 @@ class FlattenedFile:
         records: list[tuple[int, int, int]] = []  # (offset in the rebuilt file, size, offset in the stream)
         pos = F.START_HEADER_SIZE
         self.complete = False
-        end = len(mv)
+        end = self.stream_size = len(mv)
         while pos + F.DATA_HEADER_FMT.size <= end:
             try:
                 record = F.unpack_data_header(mv, pos)

@@ -5,7 +5,6 @@ crash information (version, ``xen_phys_start``, dom0's p2m root)."""
 from __future__ import annotations
 
 import ctypes
-import os
 
 from pykexec.layouts import elf as E
 
@@ -112,20 +111,3 @@ def render_text(info: dict[str, object]) -> str:
     if isinstance(vmcoreinfo, dict):
         lines.append(f"vmcoreinfo: {len(vmcoreinfo)} keys")
     return "\n".join(lines) + "\n"
-
-
-def cut_short(core: DumpMemory) -> str:
-    """"" or one line naming the first PT_LOAD whose bytes run past the end of the file:
-    a dump cut short (a full disk, an interrupted copy), whose memory there reads as
-    missing."""
-    short = [seg for seg in core.loads if seg.avail < seg.filesz]
-    if not short:
-        return ""
-    try:
-        size = str(os.path.getsize(core.path))
-    except OSError:
-        size = "fewer"
-    seg = short[0]
-    more = f" ({len(short)} of {len(core.loads)} PT_LOADs are cut short)" if len(short) > 1 else ""
-    return (f"{core.path}: cut short: PT_LOAD at offset {seg.offset:#x} needs {seg.offset + seg.filesz} bytes, "
-            f"the file has {size}{more}")

@@ -37,7 +37,10 @@ class KdumpFile:
 
     Attributes: ``header`` (:class:`~pykexec.layouts.kdump.DiskDumpHeader`),
     ``sub`` (:class:`~pykexec.layouts.kdump.KdumpSubHeader`), ``notes``,
-    ``vmcoreinfo``, ``max_mapnr``, ``block_size``, ``incomplete``.
+    ``vmcoreinfo``, ``max_mapnr``, ``block_size``, ``incomplete`` (flagged in its header,
+    a flattened stream without its end marker, or a file that ends early: ``cut_in``
+    says where; :meth:`damage` says it in one line).  A file cut short is read up to
+    where it ends: pages past it read as missing.
     """
 
     def __init__(self, path: str | os.PathLike[str], source: FlattenedFile | None = None) -> None:
@@ -76,29 +79,34 @@ class KdumpFile:
     def _parse(self) -> None:
         hsize = L.ctypes.sizeof(L.DiskDumpHeader)
         raw = self._read(hsize, 0)
-        if len(raw) < hsize or raw[:8] != L.KDUMP_SIGNATURE:
+        if raw[:8] != L.KDUMP_SIGNATURE:
             raise self._err("not a kdump-compressed file (no \"KDUMP   \" signature)")
+        if len(raw) < hsize:
+            raise VmcoreError(f"DUMP INCOMPLETE: {self.path}: the file ends at byte {self._size}, inside its "
+                              "header (nothing to read)")
         self.header = h = L.DiskDumpHeader.from_buffer_copy(raw)
         bs = self.block_size = h.block_size
         if bs <= 0 or bs & (bs - 1) or bs > 1 << 16:
             raise self._err(f"bad block_size {bs}")
         if h.header_version < 1:
             raise self._err(f"unsupported header_version {h.header_version}")
-        sub_raw = self._pread(L.ctypes.sizeof(L.KdumpSubHeader), bs * L.DISKDUMP_HEADER_BLOCKS)
-        self.sub = s = L.KdumpSubHeader.from_buffer_copy(sub_raw)
+        sub_size = L.ctypes.sizeof(L.KdumpSubHeader)
+        if self._size < bs * L.DISKDUMP_HEADER_BLOCKS + sub_size:
+            raise VmcoreError(f"DUMP INCOMPLETE: {self.path}: the file ends at byte {self._size}, inside its "
+                              "sub-header (nothing to read)")
+        self.sub = s = L.KdumpSubHeader.from_buffer_copy(self._pread(sub_size, bs * L.DISKDUMP_HEADER_BLOCKS))
         self.max_mapnr = s.max_mapnr_64 if h.header_version >= 6 else h.max_mapnr
-        # A flattened stream without its end marker was cut short: whatever its header says.
-        self.incomplete = bool(h.status & L.DUMP_DH_COMPRESSED_INCOMPLETE) or (
-            self._source is not None and not self._source.complete)
+        #: Where the file ends early ("inside its bitmaps", ...): "" if every part is there.
+        self.cut_in = ""
         self.notes: list[Note] = []
         if h.header_version >= 4 and s.size_note:
-            try:
-                self.notes = list(iter_notes(self._pread(s.size_note, s.offset_note)))
-            except NoteFormatError as err:
-                raise self._err(f"corrupt notes: {err}") from None
+            self.notes = self._notes(s.offset_note, s.size_note)
         vmci = None
         if h.header_version >= 3 and s.size_vmcoreinfo:
-            vmci = self._pread(s.size_vmcoreinfo, s.offset_vmcoreinfo)
+            if s.offset_vmcoreinfo + s.size_vmcoreinfo <= self._size:
+                vmci = self._pread(s.size_vmcoreinfo, s.offset_vmcoreinfo)
+            else:
+                self.cut_in = self.cut_in or "inside its VMCOREINFO"
         else:
             vmci = next((n.desc for n in self.notes if n.name == b"VMCOREINFO" and n.type == NT_VMCOREINFO), None)
         self.vmcoreinfo: VmcoreInfo | None = VmcoreInfo(vmci) if vmci is not None else None
@@ -106,8 +114,15 @@ class KdumpFile:
         self.bitmap_len = h.bitmap_blocks * bs // 2
         if self.bitmap_len * 8 < self.max_mapnr:
             raise self._err(f"bitmaps ({self.bitmap_len} bytes each) too small for {self.max_mapnr} pages")
-        self.bitmap1 = self._pread(self.bitmap_len, bitmap_off)
-        self.bitmap2 = self._pread(self.bitmap_len, bitmap_off + self.bitmap_len)
+        if bitmap_off + 2 * self.bitmap_len > self._size:
+            # Cut short before its page descriptors: no page can be read; the bitmaps
+            # that arrived say which pages the dump would have held.
+            self.cut_in = self.cut_in or "inside its bitmaps"
+            self.bitmap1 = self._read(self.bitmap_len, bitmap_off).ljust(self.bitmap_len, b"\0")
+            self.bitmap2 = bytes(self.bitmap_len)
+        else:
+            self.bitmap1 = self._pread(self.bitmap_len, bitmap_off)
+            self.bitmap2 = self._pread(self.bitmap_len, bitmap_off + self.bitmap_len)
         self._pd_off = bitmap_off + 2 * self.bitmap_len
         # Saved pages before each 4096-pfn group: the page_desc index of a pfn
         # is its rank in the 2nd bitmap.
@@ -117,6 +132,77 @@ class KdumpFile:
             self._rank.append(total)
             total += int.from_bytes(self.bitmap2[i:i + 512], "little").bit_count()
         self.num_saved = total
+        if not self.cut_in and total:
+            pd = L.PAGE_DESC_FMT
+            if self._pd_off + total * pd.size > self._size:
+                self.cut_in = "inside its page descriptors"
+            elif self._data_end(total) > self._size:
+                self.cut_in = "inside its page data"
+        # A flattened stream without its end marker was cut short: whatever its header says.
+        self.flagged = bool(h.status & L.DUMP_DH_COMPRESSED_INCOMPLETE)
+        self.stream_cut = self._source is not None and not self._source.complete
+        self.incomplete = self.flagged or self.stream_cut or bool(self.cut_in)
+
+    def _data_end(self, total: int) -> int:
+        """Where the page data ends, from the last descriptors (pages are written in pfn
+        order; trailing zero pages all point at one page near the start): at most 1 MiB read."""
+        pd = L.PAGE_DESC_FMT
+        per = (1 << 16) // pd.size
+        end = 0
+        for stop in range(total, max(total - 16 * per, 0), -per):
+            start = max(stop - per, 0)
+            descs = self._read((stop - start) * pd.size, self._pd_off + start * pd.size)
+            ends = [offset + size for offset, size, _f, _pf in pd.iter_unpack(descs)]
+            end = max(end, *ends)
+            if len(set(ends)) > 1:
+                break
+        return end
+
+    def _notes(self, offset: int, size: int) -> list[Note]:
+        """The notes at ``offset``; those that arrived whole if the file ends inside them."""
+        have = max(0, min(size, self._size - offset))
+        if have < size:
+            self.cut_in = "inside its notes"
+        notes: list[Note] = []
+        try:
+            for note in iter_notes(self._read(have, offset) if have else b""):
+                notes.append(note)
+        except NoteFormatError as err:
+            if have == size:
+                raise self._err(f"corrupt notes: {err}") from None
+        return notes
+
+    def damage(self) -> str:
+        """"" for a whole dump; else why it is not whole and what is missing, one line:
+        flagged incomplete in its header, a flattened stream cut short, or a file that
+        ends early (by the byte where it ends)."""
+        if not self.incomplete:
+            return ""
+        why = []
+        if self.flagged:
+            why.append("flagged incomplete in its header (the save stopped early)")
+        if self.stream_cut:
+            assert self._source is not None
+            why.append(f"a flattened stream that ends at byte {self._source.stream_size} without its end marker")
+        elif self.cut_in:
+            why.append(f"the file ends at byte {self._size}, {self.cut_in}")
+        if self.cut_in in ("inside its bitmaps", "inside its notes", "inside its VMCOREINFO"):
+            missing = f"all {self.num_saved or 'its'} pages missing: no page data"
+        else:
+            missing = f"{self.missing_pages()} of {self.num_saved} saved pages missing"
+        return f"{' and '.join(why)} ({missing})"
+
+    def missing_pages(self) -> int:
+        """Saved pages (2nd bitmap) without data: descriptor never written, or past the end of the file."""
+        pd = L.PAGE_DESC_FMT
+        have = max(0, min(self.num_saved, (self._size - self._pd_off) // pd.size))
+        descs = self._read(have * pd.size, self._pd_off) if have else b""
+        lost = self.num_saved - len(descs) // pd.size
+        end = self._size
+        for offset, size, _f, _pf in pd.iter_unpack(descs[:len(descs) - len(descs) % pd.size]):
+            if offset <= 0 or offset + size > end:
+                lost += 1
+        return lost
 
     # -- pages -----------------------------------------------------------------
     def is_ram(self, pfn: int) -> bool:
@@ -132,13 +218,16 @@ class KdumpFile:
                                     + (self.bitmap2[pfn >> 3] & ((1 << (pfn & 7)) - 1)).bit_count())
 
     def page_desc(self, pfn: int) -> tuple[int, int, int, int]:
-        """(offset, size, flags, page_flags) of a saved page."""
-        return L.PAGE_DESC_FMT.unpack(self._pread(L.PAGE_DESC_FMT.size,
-                                                  self._pd_off + self._index(pfn) * L.PAGE_DESC_FMT.size))
+        """(offset, size, flags, page_flags) of a saved page; all zeros where the file
+        ends before its descriptor (a dump cut short)."""
+        at = self._pd_off + self._index(pfn) * L.PAGE_DESC_FMT.size
+        if self.cut_in and at + L.PAGE_DESC_FMT.size > self._size:
+            return 0, 0, 0, 0
+        return L.PAGE_DESC_FMT.unpack(self._pread(L.PAGE_DESC_FMT.size, at))
 
     def read_page(self, pfn: int) -> bytes | None:
         """The bytes of page ``pfn``; None if it was not saved (hole, excluded,
-        or lost in an incomplete dump)."""
+        or lost in an incomplete dump: never written, or past the end of a file cut short)."""
         if not self.is_saved(pfn):
             return None
         offset, size, flags, _pf = self.page_desc(pfn)
@@ -147,6 +236,8 @@ class KdumpFile:
             return None  # descriptor never written: the dump stopped before this page
         if size > bs or offset <= 0:
             raise self._err(f"corrupt page descriptor for pfn {pfn:#x} (offset {offset}, size {size})")
+        if offset + size > self._size and (self.cut_in or self.flagged or self.stream_cut):
+            return None  # the file ends before this page
         data = self._pread(size, offset)
         comp = flags & L.PAGE_CODEC_FLAGS
         if not comp:
@@ -228,6 +319,10 @@ class KdumpCore:
                         b"aarch64": EM_AARCH64}.get(machine, 0)
         self.memory_bytes = self._file.num_saved * self._file.block_size
         self._tables: PageTables | None = None
+
+    def damage(self) -> str:
+        """"" for a whole dump, else why it is not and what is missing (:meth:`KdumpFile.damage`)."""
+        return self._file.damage()
 
     def require_vmcoreinfo(self) -> VmcoreInfo:
         if self.vmcoreinfo is None:

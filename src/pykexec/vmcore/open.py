@@ -67,6 +67,10 @@ def open_dump(path: str | os.PathLike[str]) -> ElfCore | KdumpCore:
         raise
     if flat is not None:
         flat.close()
+        if not flat.complete:  # an ELF core's header is sent last (vmcore save -E -F)
+            raise VmcoreError(f"DUMP INCOMPLETE: {path}: a flattened stream that ends at byte {flat.stream_size} "
+                              f"without its end marker, before its dump's header arrived ({flat.records} records, "
+                              f"{flat.size} bytes of the dump; nothing to read)")
         raise VmcoreError(f"{path}: a flattened stream of neither an ELF core nor a kdump-compressed dump"
                           + ("" if flat.records else " (it holds no data)"))
     raise VmcoreError(f"{path}: neither an ELF core nor a kdump-compressed dump")

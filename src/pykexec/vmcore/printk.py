@@ -72,26 +72,42 @@ class Record(namedtuple("Record", "ts_nsec text level facility caller_id", defau
     caller_id: int | None
 
 
-class KernelLog(namedtuple("KernelLog", "format records raw", defaults=(None,))):
-    """The records of one dump, oldest first.  ``raw`` is the legacy ring's
-    text in order (what vmcore-dmesg prints for that format)."""
+class KernelLog(namedtuple("KernelLog", "format records raw lost", defaults=(None, ""))):
+    """The records of one dump, oldest first.  ``raw`` is the legacy ring's text in order
+    (what vmcore-dmesg prints for that format).  ``lost``: "" or what of it the dump lacks."""
 
     __slots__ = ()
     format: str
     records: list[Record]
     raw: bytes | None
+    lost: str
 
 
-def read_log(core: DumpMemory) -> KernelLog:
-    """Find and walk the kernel log of ``core`` (format dispatch as vmcore-dmesg)."""
+def read_log(core: DumpMemory, *, lenient: bool = False) -> KernelLog:
+    """Find and walk the kernel log of ``core`` (format dispatch as vmcore-dmesg).  ``lenient``
+    (an incomplete dump): records on pages the dump lacks are skipped and counted in ``lost``."""
     info = core.require_vmcoreinfo()
     if info.has_symbol("prb"):
-        return _read_lockless(core, info)
+        return _read_lockless(core, info, lenient)
     if info.has_symbol("log_first_idx"):
-        return _read_structured(core, info)
+        return _read_structured(core, info, lenient)
     if info.has_symbol("log_buf"):
-        return _read_legacy(core, info)
+        return _read_legacy(core, info, lenient)
     raise VmcoreError(NO_LOG_SYMBOL)
+
+
+def _read_holes(core: DumpMemory, addr: int, size: int,
+                lenient: bool) -> tuple[Buffer, list[tuple[int, int]]]:
+    """``size`` bytes at ``addr`` and the pieces the dump lacks (:mod:`pykexec.vmcore.lenient`)."""
+    if not lenient:
+        return core.read(addr, size), []
+    from pykexec.vmcore.lenient import read_with_holes
+
+    return read_with_holes(core, addr, size)
+
+
+def _hit(holes: list[tuple[int, int]], start: int, end: int) -> bool:  # [start, end) meets a hole
+    return any(a < end and start < b for a, b in holes)
 
 
 # --------------------------------------------------------------------------- #
@@ -131,7 +147,7 @@ def _level_byte_ok(level_off: int, next_field: int | None, limit: int) -> bool:
 # 5.10+: lockless printk_ringbuffer
 # --------------------------------------------------------------------------- #
 
-def _read_lockless(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
+def _read_lockless(core: DumpMemory, info: VmcoreInfo, lenient: bool = False) -> KernelLog:
     rb_size = info.size("printk_ringbuffer")
     if not 0 < rb_size <= 4096:
         raise VmcoreError(f"implausible SIZE(printk_ringbuffer)={rb_size}")
@@ -181,9 +197,11 @@ def _read_lockless(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     i_ts, i_len = i_ix["ts"], i_ix["len"]
     i_fac, i_lvl, i_caller = i_ix.get("fac"), i_ix.get("lvl"), i_ix.get("caller")
 
-    descs = core.read(descs_ptr, count * desc_size)
-    infos = core.read(infos_ptr, count * info_size)
-    data = core.read(data_ptr, size)
+    descs, desc_holes = _read_holes(core, descs_ptr, count * desc_size, lenient)
+    infos, info_holes = _read_holes(core, infos_ptr, count * info_size, lenient)
+    data, data_holes = _read_holes(core, data_ptr, size, lenient)
+    holey = bool(desc_holes or info_holes or data_holes)
+    lost = 0
 
     head_id &= _DESC_ID_MASK
     tail_id &= _DESC_ID_MASK
@@ -198,6 +216,10 @@ def _read_lockless(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     for k in range(n):
         rid = (tail_id + k) & _DESC_ID_MASK
         idx = rid & mask
+        if holey and (_hit(desc_holes, idx * desc_size, (idx + 1) * desc_size)
+                      or _hit(info_holes, idx * info_size, (idx + 1) * info_size)):
+            lost += 1
+            continue
         d = unpack_desc(descs, idx * desc_size)
         sv = d[i_sv]
         state = sv >> _DESC_FLAGS_SHIFT
@@ -221,16 +243,20 @@ def _read_lockless(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
                 begin = 0  # a wrapping block is stored whole at the ring's start
             begin += _LONG  # skip the block's descriptor id
             text = bytes(data[begin:begin + min(text_len, nxt - begin)]) if nxt > begin else b""
+            if holey and _hit(data_holes, begin - _LONG, begin + len(text)):
+                lost += 1
+                continue
         append(Record(v[i_ts], text, record_level[1], record_level[0],
                       v[i_caller] if i_caller is not None else None))
-    return KernelLog(LOCKLESS, records)
+    return KernelLog(LOCKLESS, records, None, f"{lost} of {lost + len(records)} log records lost: their pages "
+                     "are not in the dump" if lost else "")
 
 
 # --------------------------------------------------------------------------- #
 # 3.5-5.9: struct printk_log records
 # --------------------------------------------------------------------------- #
 
-def _read_structured(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
+def _read_structured(core: DumpMemory, info: VmcoreInfo, lenient: bool = False) -> KernelLog:
     name = "printk_log" if "SIZE(printk_log)" in info else "log"
     hdr_size = info.size(name)
     if not 12 <= hdr_size <= 256:
@@ -262,11 +288,15 @@ def _read_structured(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     i_ts, i_len, i_text_len = ix["ts"], ix["len"], ix["text_len"]
     i_fac, i_lvl, i_caller = ix.get("fac"), ix.get("lvl"), ix.get("caller")
 
-    buf = core.read(log_buf, buf_len)
+    buf, holes = _read_holes(core, log_buf, buf_len, lenient)
     records: list[Record] = []
     idx, wrapped = first_idx, False
+    lost, cut = 0, ""
     # Ends: each step advances by len >= hdr_size, and the walk wraps at most once.
     while idx != next_idx:
+        if holes and _hit(holes, idx, idx + hdr_size):  # records are chained by their lengths:
+            cut = f", and every record from offset {idx} of the {buf_len}-byte buffer on"  # none past it
+            break
         if idx > buf_len - hdr_size:
             raise VmcoreError(f"corrupt printk log: record index {idx} beyond the {buf_len}-byte buffer")
         v = unpack(buf, idx)
@@ -281,21 +311,25 @@ def _read_structured(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
             raise VmcoreError(f"corrupt printk log: record at {idx} has length {rec_len}")
         text_start = idx + hdr_size
         text = bytes(buf[text_start:text_start + min(text_len, rec_len - hdr_size)])
-        records.append(Record(v[i_ts], text,
-                              v[i_lvl] >> 5 if i_lvl is not None else None,
-                              v[i_fac] if i_fac is not None else None,
-                              v[i_caller] if i_caller is not None else None))
+        if holes and _hit(holes, text_start, text_start + len(text)):
+            lost += 1
+        else:
+            records.append(Record(v[i_ts], text,
+                                  v[i_lvl] >> 5 if i_lvl is not None else None,
+                                  v[i_fac] if i_fac is not None else None,
+                                  v[i_caller] if i_caller is not None else None))
         prev, idx = idx, idx + rec_len
         if (wrapped or prev < next_idx) and prev < next_idx < idx:
             raise VmcoreError(f"corrupt printk log: record at {prev} runs past log_next_idx={next_idx}")
-    return KernelLog(STRUCTURED, records)
+    return KernelLog(STRUCTURED, records, None, f"{lost} log records lost{cut}: their pages are not in the dump"
+                     if lost or cut else "")
 
 
 # --------------------------------------------------------------------------- #
 # Before 3.5: the character ring
 # --------------------------------------------------------------------------- #
 
-def _read_legacy(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
+def _read_legacy(core: DumpMemory, info: VmcoreInfo, lenient: bool = False) -> KernelLog:
     for sym in ("log_end", "log_buf_len"):
         if not info.has_symbol(sym):
             raise VmcoreError(f"no SYMBOL({sym}) in VMCOREINFO (legacy log_buf format)")
@@ -304,13 +338,21 @@ def _read_legacy(core: DumpMemory, info: VmcoreInfo) -> KernelLog:
     buf_len = struct.unpack("<i", struct.pack("<I", core.u32(info.symbol("log_buf_len"))))[0]
     if not 0 < buf_len <= MAX_LOG_BUF_LEN:
         raise VmcoreError(f"corrupt printk log: log_buf_len={buf_len}")
-    buf = core.read(log_buf, buf_len)
+    buf, holes = _read_holes(core, log_buf, buf_len, lenient)
+    lost = ""
+    if holes:
+        from pykexec.vmcore.lenient import blank_holes
+
+        lost = f"{sum(b - a for a, b in holes)} bytes of the {buf_len}-byte log lost: their pages are not in the dump"
+        buf = blank_holes(buf, holes)
     if log_end < buf_len:
         raw = bytes(buf[:log_end])
     else:
         wrap = log_end % buf_len
         raw = bytes(buf[wrap:]) + bytes(buf[:wrap])
-    return KernelLog(LEGACY, _legacy_records(raw), raw)
+    if holes:
+        raw = b"\n".join(line for line in raw.split(b"\n") if line) + b"\n"
+    return KernelLog(LEGACY, _legacy_records(raw), raw, lost)
 
 
 def _legacy_records(raw: bytes) -> list[Record]:
