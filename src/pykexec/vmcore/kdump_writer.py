@@ -19,7 +19,10 @@ Crash safety: the header says ``DUMP_DH_COMPRESSED_INCOMPLETE`` from the first
 write and is rewritten without it only after everything else is on disk
 (``fdatasync``), so a dump cut short by a read error, a full disk or a power cut
 is still flagged as makedumpfile flags one.  Descriptors of pages never reached
-stay zero.  A flattened stream (``vmcore save -F``) says it is whole with its end
+stay zero.  The kernel image's page tables and the image itself (from its end: data, bss,
+the log) are written first, so that ``vmcore dmesg`` reads the whole log of a save killed
+early (a kill -9, a crash kernel's watchdog): descriptors say where each page is, in any
+order.  A flattened stream (``vmcore save -F``) says it is whole with its end
 marker instead: its header is written once, unflagged, and again (flagged) only if
 the copy stopped early, so that a whole stream has no two records at one offset.
 """
@@ -32,9 +35,10 @@ import time
 
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
+from pykexec.layouts.x86_paging import START_KERNEL_MAP
 from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.output import CHUNK_PAGES, note_blob, open_output
-from pykexec.vmcore.pfn_runs import set_bits
+from pykexec.vmcore.pfn_runs import merge, set_bits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -173,8 +177,8 @@ def write_kdump(core: ElfCore, dst: str | int, force: bool, *, runs: list[Run], 
             out.write_at(zero_page, data_off)  # the page every zero page points at
         except OSError as err:
             raise VmcoreError(f"{out.name}: cannot write: {err.strerror}") from None
-        _copy_pages(core, out, runs, kept, page, pd_off, data_off, pool, bar, result,
-                    exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
+        _copy_pages(core, out, runs, _pieces(kept, [] if xen else _image(core, page, tables)), page, pd_off, data_off,
+                    pool, bar, result, exclude_zero=bool(dump_level & L.DL_EXCLUDE_ZERO))
         bar.finish()
         if result.incomplete:
             final_status |= L.DUMP_DH_COMPRESSED_INCOMPLETE
@@ -192,10 +196,71 @@ def write_kdump(core: ElfCore, dst: str | int, force: bool, *, runs: list[Run], 
         out.close()
 
 
-def _copy_pages(core: ElfCore, out: Output, runs: list[Run], kept: list[tuple[int, int]], page: int,
-                pd_off: int, data_off: int, pool: PageCompressor, bar: Progress, result: SaveResult,
+def _image(core: ElfCore, page: int, tables: PageTables | None) -> list[list[tuple[int, int]]]:
+    """The pfns of the page tables that map the kernel image (found with one walk per 2 MiB),
+    and of the image (PT_LOADs in the kernel's image mapping: x86_64 cores list it apart)."""
+    image = [(seg.vaddr, seg.paddr, seg.filesz) for seg in core.loads if seg.vaddr >= START_KERNEL_MAP and seg.filesz]
+    pfns: list[tuple[int, int]] = []
+    if tables is not None:
+        from pykexec.vmcore.paging import PageTableWalker
+
+        def read_table(paddr: int, size: int) -> bytes | memoryview:
+            pfns.append((paddr // page, paddr // page + 1))
+            return core.read(paddr, size, physical=True)
+
+        walker = PageTableWalker(read_table, tables.root, levels=tables.levels, space="kernel")
+        for va, _paddr, size in image:
+            for at in range(va, va + size, 1 << 21):
+                try:
+                    walker.translate(at)
+                except VmcoreError:
+                    pass  # not mapped, or tables not in the dump: nothing to put first
+    return [merge(pfns), merge([(paddr // page, -(-(paddr + size) // page)) for _va, paddr, size in image])]
+
+
+def _pieces(kept: list[tuple[int, int]], first: list[list[tuple[int, int]]],
+            chunk: int = CHUNK_PAGES) -> list[tuple[int, list[tuple[int, int]]]]:
+    """The kept pages in the order they are written, as (descriptor index of the first page,
+    pfn ranges) pieces: those in ``first[0]`` first, then those in ``first[1]``, ..., each
+    class from its highest pfns down, then the rest by pfn.  For the kdump writer, the
+    kernel image's page tables, then the image from its end (data and bss, the log): what
+    ``vmcore dmesg`` of a save killed early needs."""
+    from bisect import bisect_right
+
+    cuts = sorted({b for ranges in first for a, e in ranges for b in (*range(a, e, chunk), e)})
+    pieces: list[tuple[int, list[tuple[int, int]]]] = []
+    rank, ci, cur = 0, 0, (0, [])  # type: tuple[int, int, tuple[int, list[tuple[int, int]]]]
+    for s, e in kept:
+        while s < e:
+            if ci < len(cuts) and cuts[ci] <= s:
+                while ci < len(cuts) and cuts[ci] <= s:
+                    ci += 1
+                if cur[1]:
+                    pieces.append(cur)
+                cur = (rank, [])
+            hi = min(e, cuts[ci]) if ci < len(cuts) else e
+            cur[1].append((s, hi))
+            rank += hi - s
+            s = hi
+    if cur[1]:
+        pieces.append(cur)
+
+    def order(piece: tuple[int, list[tuple[int, int]]]) -> tuple[int, int]:
+        pfn = piece[1][0][0]
+        for k, ranges in enumerate(first):
+            i = bisect_right(ranges, (pfn, 1 << 62)) - 1
+            if i >= 0 and ranges[i][0] <= pfn < ranges[i][1]:
+                return k, -pfn
+        return len(first), pfn
+
+    return sorted(pieces, key=order)
+
+
+def _copy_pages(core: ElfCore, out: Output, runs: list[Run], pieces: list[tuple[int, list[tuple[int, int]]]],
+                page: int, pd_off: int, data_off: int, pool: PageCompressor, bar: Progress, result: SaveResult,
                 *, exclude_zero: bool) -> None:
-    """Stream every kept page: read, test for zero, compress, append; descriptors as we go.
+    """Stream every kept page, ``pieces`` (:func:`_pieces`) in order: read, test for zero,
+    compress, append; descriptors as we go.
 
     Kept pages are gathered into batches of :data:`CHUNK_PAGES` (one ``preadv``
     per contiguous piece), so a selection cut into many short runs still
@@ -253,49 +318,49 @@ def _copy_pages(core: ElfCore, out: Output, runs: list[Run], kept: list[tuple[in
             result.incomplete = f"cannot write {out.name}: {e.strerror}"
             return False
         pd_index += n
-        result.saved_pages = pd_index
+        result.saved_pages += n
         result.read_bytes += nbytes
         bar.update(result.read_bytes)
         return True
 
-    fill = 0  # pages in the batch
-    ri = 0
-    for start, end in kept:
-        pfn = start
-        while pfn < end:
-            while runs[ri].end <= pfn:
-                ri += 1
-            run = runs[ri]
-            n = min(end, run.end, pfn + CHUNK_PAGES - fill) - pfn
-            nbytes = n * page
-            at = fill * page
-            # Read; zeros outside the segment (partial pages at its edges).
-            off = run.base + pfn * page
-            lo, hi = max(off, run.lo), min(off + nbytes, run.full)
-            if lo > off or hi < off + nbytes:
-                view[at:at + nbytes] = zero_chunk[:nbytes]
-            if hi > run.hi:
-                result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
-                hi = max(lo, run.hi)  # save what is there, then stop
-            if hi > lo:
-                try:
-                    got = core.readinto(view[at + lo - off:at + hi - off], lo)
-                except OSError as e:
-                    result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
-                    got = -1
-                if got != hi - lo and not result.incomplete:
-                    result.incomplete = f"{core.path} ends at offset {lo + max(got, 0):#x} (truncated)"
-            if result.incomplete:
-                if hi > lo and got == hi - lo:  # keep the whole pages read before the end
-                    fill += (hi - off) // page
-                flush(fill)
-                return
-            fill += n
-            pfn += n
-            if fill == CHUNK_PAGES:
-                if not flush(fill):
+    for pd_index, kept in pieces:
+        fill = 0  # pages in the batch
+        ri = 0
+        for start, end in kept:
+            pfn = start
+            while pfn < end:
+                while runs[ri].end <= pfn:
+                    ri += 1
+                run = runs[ri]
+                n = min(end, run.end, pfn + CHUNK_PAGES - fill) - pfn
+                nbytes = n * page
+                at = fill * page
+                # Read; zeros outside the segment (partial pages at its edges).
+                off = run.base + pfn * page
+                lo, hi = max(off, run.lo), min(off + nbytes, run.full)
+                if lo > off or hi < off + nbytes:
+                    view[at:at + nbytes] = zero_chunk[:nbytes]
+                if hi > run.hi:
+                    result.incomplete = f"{core.path} is truncated at offset {run.hi:#x}"
+                    hi = max(lo, run.hi)  # save what is there, then stop
+                if hi > lo:
+                    try:
+                        got = core.readinto(view[at + lo - off:at + hi - off], lo)
+                    except OSError as e:
+                        result.incomplete = f"read error in {core.path} at offset {lo:#x}: {e.strerror}"
+                        got = -1
+                    if got != hi - lo and not result.incomplete:
+                        result.incomplete = f"{core.path} ends at offset {lo + max(got, 0):#x} (truncated)"
+                if result.incomplete:
+                    if hi > lo and got == hi - lo:  # keep the whole pages read before the end
+                        fill += (hi - off) // page
+                    flush(fill)
                     return
-                fill = 0
-    if fill:
-        flush(fill)
-
+                fill += n
+                pfn += n
+                if fill == CHUNK_PAGES:
+                    if not flush(fill):
+                        return
+                    fill = 0
+        if fill and not flush(fill):
+            return
