@@ -12,7 +12,9 @@ makedumpfile keeps their old content; so does a short left-out run at a segment'
 end, because vmcore-dmesg reads whole buffers straight from the file and fails on
 bytes past ``p_filesz`` (a log buffer with 256+ empty pages at its end defeats it,
 as on makedumpfile -E output; our reader reads zeros there).  Notes are copied into
-one PT_NOTE; ``e_flags = 1`` marks an incomplete dump, as makedumpfile does.  The
+one PT_NOTE; ``e_flags = 1`` marks an incomplete dump, as makedumpfile does.  Until the
+end, the program headers of what is written so far are rewritten after each batch of pages
+(under the flagged header), so that a save killed mid-way reads up to where it stopped.  The
 header and program headers are rewritten at the end (space for the most program
 headers the selection can need is kept after the ELF header, where crash(8)
 expects them); in a flattened stream (``-F``) they are written only then, once.
@@ -39,6 +41,7 @@ from pykexec.vmcore.output import CHUNK_PAGES, note_blob, open_output
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.output import Output
     from pykexec.vmcore.save import Progress, SaveResult
 
 #: Left-out runs of at least this many pages split a PT_LOAD (makedumpfile's
@@ -67,6 +70,20 @@ def elf_header(machine: int, phnum: int, incomplete: bool) -> bytes:
     shoff = _EHDR + phnum * _PHDR if xnum else 0
     return EHDR64_FMT.pack(ident, ET_CORE, machine, EV_CURRENT, 0, _EHDR, shoff, 1 if incomplete else 0,
                            _EHDR, _PHDR, PN_XNUM if xnum else phnum, _SHDR if xnum else 0, 1 if xnum else 0, 0)
+
+
+def _checkpoint(out: Output, machine: int, note_ph: bytes, pieces: list[_ElfPiece], result: SaveResult) -> None:
+    """The program headers of what is written so far, under a header still flagged
+    incomplete: a save killed now (kill -9) leaves a core readable up to where it stopped."""
+    if len(pieces) + 1 >= PN_XNUM:
+        return  # the count would go in section header 0: written at the end only
+    table = note_ph + b"".join(PHDR64_FMT.pack(PT_LOAD, 7, p.offset, p.vaddr, p.paddr, p.filesz,
+                                               max(p.memsz, p.filesz), 0) for p in pieces)
+    try:
+        out.write_at(table, _EHDR)
+        out.write_at(elf_header(machine, len(pieces) + 1, True), 0)
+    except OSError as err:
+        result.incomplete = f"cannot write {out.name}: {err.strerror}"
 
 
 def write_elf(core: ElfCore, dst: str | int, force: bool, *, kept: list[tuple[int, int]], page: int, bar: Progress,
@@ -175,6 +192,8 @@ def write_elf(core: ElfCore, dst: str | int, force: bool, *, kept: list[tuple[in
                     result.read_bytes += n * page
                     bar.update(result.read_bytes)
                     pfn += n
+                    if not out.marks_end and not result.incomplete:
+                        _checkpoint(out, core.machine, note_ph, pieces, result)
                 if result.incomplete:
                     break
             if cur is None:  # nothing kept: the whole segment reads as zeros
