@@ -316,12 +316,14 @@ def vmcore_cases(d: Path) -> list[Case]:
     _core_file(d / "vmcore-crashtime-overflow", m6, far + l6)
     dmesg = ["vmcore", "dmesg"]
     return [
-        ("vmcore-truncated-mid-notes", dmesg + ["{dir}/vmcore-truncated-mid-notes"], "PT_NOTE runs past the end"),
+        ("vmcore-truncated-mid-notes", dmesg + ["{dir}/vmcore-truncated-mid-notes"],
+         "DUMP INCOMPLETE: the file ends at byte 1052, inside its notes"),
         ("vmcore-note-size-beyond-segment", dmesg + ["{dir}/vmcore-note-size-beyond-segment"],
          "runs past the end of its"),
         ("vmcore-truncated-header", dmesg + ["{dir}/vmcore-truncated-header"], "not an ELF file (only 40 bytes)"),
         ("vmcore-not-elf", ["vmcore", "info", "{dir}/vmcore-not-elf"], "ELF"),
-        ("vmcore-phnum-beyond-file", dmesg + ["{dir}/vmcore-phnum-beyond-file"], "run past the end of the file"),
+        ("vmcore-phnum-beyond-file", dmesg + ["{dir}/vmcore-phnum-beyond-file"],
+         "inside its 65520 program headers (nothing to read)"),
         ("vmcore-no-vmcoreinfo", dmesg + ["{dir}/vmcore-no-vmcoreinfo"], "no VMCOREINFO note"),
         ("vmcore-prb-huge-counts", dmesg + ["{dir}/vmcore-prb-huge-counts"], "refusing to assemble"),
         ("vmcore-prb-head-past-ring", dmesg + ["{dir}/vmcore-prb-head-past-ring"], "descriptors between tail and head"),
@@ -334,7 +336,8 @@ def vmcore_cases(d: Path) -> list[Case]:
         ("vmcore-missing-file", dmesg + ["{dir}/no-such-dump"], "no such file"),
         ("vmcore-crashtime-overflow", dmesg + ["-T", "{dir}/vmcore-crashtime-overflow"], "is out of range"),
         ("vmcore-directory", ["vmcore", "info", "{dir}/subdir"], "is a directory"),
-        ("vmcore-cut-short", ["vmcore", "info", "{dir}/vmcore-cut-short"], "vmcore-cut-short: cut short: PT_LOAD at"),
+        ("vmcore-cut-short", ["vmcore", "info", "{dir}/vmcore-cut-short"],
+         "DUMP INCOMPLETE: the file ends at byte 81744, inside PT_LOAD 2 of 2"),
     ]
 
 

@@ -211,8 +211,10 @@ def capture_rss() -> int | None:
     import subprocess
     import sys
 
-    code = ("import resource\n" + "".join(f"import {m}\n" for m in CAPTURE_IMPORTS)
-            + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork and exec, so a
+    # large parent (a test run that read a big dump) would be measured instead of the child.
+    code = ("".join(f"import {m}\n" for m in CAPTURE_IMPORTS)
+            + "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])\n")
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         return int(proc.stdout.strip()) * 1024 if proc.returncode == 0 else None

@@ -23,11 +23,13 @@ from pykexec.errors import KexecError, UsageError, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
     from typing import Any
 
     from pykexec.argv import Parser
     from pykexec.vmcore.dump_memory import DumpMemory
+    from pykexec.vmcore.elfcore import ElfCore
+    from pykexec.vmcore.kdump import KdumpCore
 
 #: Each command's usage lines and what it does, for its own help and ``pykexec vmcore --help``.
 COMMANDS = {
@@ -50,15 +52,15 @@ Output matches kexec-tools' vmcore-dmesg unless an option changes it.  In a dump
 of a Xen machine that is dom0's log (needs dom0's VMCOREINFO, saved when the crash
 kernel was loaded with pykexec -p); --xen prints the hypervisor's console ring.
 Of a dump flagged incomplete or cut short, every record that can be read is printed,
-after "pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING)" on stderr, then how many records
-were lost, and the exit status is 1."""
+with one line "pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING); HOW MANY RECORDS WERE LOST"
+on stderr, and the exit status is 1."""
 
 INFO_DESCRIPTION = """\
 Describe a crash dump without debug symbols: its notes, each CPU's registers at the
 crash, the VMCOREINFO keys and, for a Xen machine, the hypervisor's crash information.
-A dump flagged incomplete or cut short is described as far as it can be read, after a
-first line "pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING)" (with --json, on stderr,
-and as the key "incomplete"), and the exit status is 1."""
+A dump flagged incomplete or cut short is described as far as it can be read, with
+"pykexec: DUMP INCOMPLETE: WHY (WHAT IS MISSING)" on stderr (--json: also as the key
+"incomplete"), and the exit status is 1."""
 
 SAVE_DESCRIPTION = """\
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
@@ -174,33 +176,42 @@ def incomplete_line(damage: str) -> str:
     return f"pykexec: DUMP INCOMPLETE: {damage}\n"
 
 
-def read_dmesg(opts: DmesgOptions, warn: Callable[[str], object] | None = None) -> tuple[bytes, str, str]:
-    """(text, why the dump is incomplete or "", what of its log is lost or "") for ``opts``;
-    ``warn`` gets :func:`incomplete_line` as soon as the dump is found incomplete."""
+def read_dmesg(opts: DmesgOptions) -> tuple[bytes, str, str]:
+    """(text, why the dump is incomplete or "", what of its log is lost or "") for ``opts``.
+    A dump that is not whole and cannot be read says both in its error."""
+    from pykexec.vmcore.errors import VmcoreError
     from pykexec.vmcore.open import open_dump
+
+    with open_dump(opts.path) as core:
+        damage = core.damage()
+        try:
+            text, lost = _read_dmesg(core, opts, damage)
+        except VmcoreError as err:
+            if not damage:
+                raise
+            raise VmcoreError(f"DUMP INCOMPLETE: {damage}: {err}") from None
+        return text, damage, lost
+
+
+def _read_dmesg(core: ElfCore | KdumpCore, opts: DmesgOptions, damage: str) -> tuple[bytes, str]:
     from pykexec.vmcore.printk import boot_time, format_log, parse_levels, read_log
 
     levels = parse_levels(opts.levels) if opts.levels is not None else None
-    with open_dump(opts.path) as core:
-        damage = core.damage()
-        if damage and warn is not None:
-            warn(incomplete_line(damage))
-        if opts.xen:
-            from pykexec.vmcore.xen import xen_console_ring
+    if opts.xen:
+        from pykexec.vmcore.xen import xen_console_ring
 
-            return xen_console_ring(core, opts.xen_syms), damage, ""
-        source: DumpMemory = core
-        if any(n.name == b"Xen" for n in core.notes):
-            # A dump of a Xen machine: its "physical" addresses are machine addresses,
-            # so dom0's log is read through dom0's page tables and p2m.
-            from pykexec.vmcore.xen import dom0_memory, is_xen_dump
+        return xen_console_ring(core, opts.xen_syms), ""
+    source: DumpMemory = core
+    if any(n.name == b"Xen" for n in core.notes):
+        # A dump of a Xen machine: its "physical" addresses are machine addresses,
+        # so dom0's log is read through dom0's page tables and p2m.
+        from pykexec.vmcore.xen import dom0_memory, is_xen_dump
 
-            if is_xen_dump(core.notes):
-                source = dom0_memory(core)
-        log = read_log(source, lenient=bool(damage))
-        boot = boot_time(log, source.require_vmcoreinfo().crashtime) if opts.ctime else None
-        return format_log(log, levels=levels, decode=opts.decode, boot=boot,
-                          show_caller=opts.show_caller), damage, log.lost
+        if is_xen_dump(core.notes):
+            source = dom0_memory(core)
+    log = read_log(source, lenient=bool(damage))
+    boot = boot_time(log, source.require_vmcoreinfo().crashtime) if opts.ctime else None
+    return format_log(log, levels=levels, decode=opts.decode, boot=boot, show_caller=opts.show_caller), log.lost
 
 
 # -- info ----------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def info(argv: Sequence[str]) -> tuple[str, str] | None:
         if damage:
             description["incomplete"] = damage
         return json.dumps(description, indent=2) + "\n", damage
-    return (incomplete_line(damage) if damage else "") + info_mod.render_text(description), damage
+    return info_mod.render_text(description), damage
 
 
 # -- save ----------------------------------------------------------------------------------
@@ -371,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.write(info_parser().format_help())
                 return 0
             text, damage = shown
-            if damage and text.startswith("{"):  # --json: the line on stderr, the JSON says it too
+            if damage:  # on stderr, where scripts look for errors (--json: the JSON says it too)
                 sys.stderr.write(incomplete_line(damage))
                 sys.stderr.flush()
             sys.stdout.write(text)
@@ -382,9 +393,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts is None:
             sys.stdout.write(dmesg_parser().format_help())
             return 0
-        out, damage, lost = read_dmesg(opts, _warn)
+        out, damage, lost = read_dmesg(opts)
     except KexecError as err:
         return report(err, "pykexec vmcore")
+    # One line on stderr, before the log: why the dump is not whole, what of its log is lost.
+    if damage:
+        sys.stderr.write(incomplete_line(f"{damage}; {lost}" if lost else damage))
+    elif lost:
+        sys.stderr.write(f"pykexec: {lost}\n")
+    sys.stderr.flush()
     try:
         sys.stdout.buffer.write(out)
         sys.stdout.flush()
@@ -395,15 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1 if damage or lost else 0
-    if lost:
-        sys.stderr.write(f"pykexec: {lost}\n")
     return 1 if damage or lost else 0
-
-
-def _warn(line: str) -> None:
-    """A line on stderr before anything on stdout."""
-    sys.stderr.write(line)
-    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -209,8 +209,8 @@ class ElfCore:
             assert self._source is not None
             why.append(f"a flattened stream that ends at byte {self._source.stream_size} without its end marker")
         elif short or self.notes_cut:
-            where = (f"inside PT_LOAD {self.loads.index(short[0]) + 1} of {len(self.loads)}" if short
-                     else "inside its notes")
+            where = ("inside its notes" if self.notes_cut
+                     else f"inside PT_LOAD {self.loads.index(short[0]) + 1} of {len(self.loads)}")
             why.append(f"the file ends at byte {self.size}, {where}")
         if not why:
             return ""

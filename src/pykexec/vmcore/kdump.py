@@ -99,6 +99,14 @@ class KdumpFile:
         #: Where the file ends early ("inside its bitmaps", ...): "" if every part is there.
         self.cut_in = ""
         self.notes: list[Note] = []
+        bitmap_off = bs * (L.DISKDUMP_HEADER_BLOCKS + h.sub_hdr_size)
+        # Notes and VMCOREINFO live in the sub-header's blocks, before the bitmaps: past them
+        # the header is damaged (not a file cut short, which ends before where they say).
+        for what, off, size in (("notes", s.offset_note, s.size_note),
+                                ("VMCOREINFO", s.offset_vmcoreinfo, s.size_vmcoreinfo)):
+            if size and (what == "VMCOREINFO" or h.header_version >= 4) and off + size > bitmap_off:
+                raise self._err(f"its {what} ({size:#x} bytes at {off:#x}) run past the sub-header into the "
+                                f"bitmaps at {bitmap_off:#x}: corrupt header")
         if h.header_version >= 4 and s.size_note:
             self.notes = self._notes(s.offset_note, s.size_note)
         vmci = None
@@ -110,16 +118,20 @@ class KdumpFile:
         else:
             vmci = next((n.desc for n in self.notes if n.name == b"VMCOREINFO" and n.type == NT_VMCOREINFO), None)
         self.vmcoreinfo: VmcoreInfo | None = VmcoreInfo(vmci) if vmci is not None else None
-        bitmap_off = bs * (L.DISKDUMP_HEADER_BLOCKS + h.sub_hdr_size)
         self.bitmap_len = h.bitmap_blocks * bs // 2
         if self.bitmap_len * 8 < self.max_mapnr:
             raise self._err(f"bitmaps ({self.bitmap_len} bytes each) too small for {self.max_mapnr} pages")
+        needed = -(-self.max_mapnr // 8)
+        if self.bitmap_len > 2 * needed + bs:  # writers round up to a block: a damaged header
+            raise self._err(f"bitmaps ({self.bitmap_len} bytes each) far larger than {self.max_mapnr} pages need: "
+                            "corrupt header")
         if bitmap_off + 2 * self.bitmap_len > self._size:
-            # Cut short before its page descriptors: no page can be read; the bitmaps
-            # that arrived say which pages the dump would have held.
+            # Cut short before its page descriptors: no page can be read; the part of the
+            # first bitmap that arrived says which pages were RAM.  Neither is padded to the
+            # header's length: a damaged header may claim terabytes.
             self.cut_in = self.cut_in or "inside its bitmaps"
-            self.bitmap1 = self._read(self.bitmap_len, bitmap_off).ljust(self.bitmap_len, b"\0")
-            self.bitmap2 = bytes(self.bitmap_len)
+            self.bitmap1 = self._read(max(0, min(self.bitmap_len, self._size - bitmap_off)), bitmap_off)
+            self.bitmap2 = b""
         else:
             self.bitmap1 = self._pread(self.bitmap_len, bitmap_off)
             self.bitmap2 = self._pread(self.bitmap_len, bitmap_off + self.bitmap_len)
@@ -128,7 +140,7 @@ class KdumpFile:
         # is its rank in the 2nd bitmap.
         self._rank: list[int] = []
         total = 0
-        for i in range(0, self.bitmap_len, 512):
+        for i in range(0, len(self.bitmap2), 512):
             self._rank.append(total)
             total += int.from_bytes(self.bitmap2[i:i + 512], "little").bit_count()
         self.num_saved = total
@@ -206,10 +218,10 @@ class KdumpFile:
 
     # -- pages -----------------------------------------------------------------
     def is_ram(self, pfn: int) -> bool:
-        return pfn < self.max_mapnr and bool(self.bitmap1[pfn >> 3] >> (pfn & 7) & 1)
+        return pfn < self.max_mapnr and pfn >> 3 < len(self.bitmap1) and bool(self.bitmap1[pfn >> 3] >> (pfn & 7) & 1)
 
     def is_saved(self, pfn: int) -> bool:
-        return pfn < self.max_mapnr and bool(self.bitmap2[pfn >> 3] >> (pfn & 7) & 1)
+        return pfn < self.max_mapnr and pfn >> 3 < len(self.bitmap2) and bool(self.bitmap2[pfn >> 3] >> (pfn & 7) & 1)
 
     def _index(self, pfn: int) -> int:
         group = pfn >> 12
