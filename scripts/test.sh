@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CI=${CI:-1}
-exec .venv/bin/pytest -q -ra "$@"
+exec .venv/bin/pytest -q -ra --durations=25 "$@"
