@@ -44,7 +44,8 @@ journalctl -b -u pykexec-kdump.service --no-pager -o cat
 report unit "$(systemctl is-active pykexec-kdump.service)"
 pykexec kdump list --json > {OUT}/list.json
 report list_rc $?
-pykexec kdump list
+# Into a file: its panic line on the console would read as a panic of this boot.
+pykexec kdump list > {OUT}/list.txt
 """
 
 
@@ -86,6 +87,8 @@ def test_raw_target_captured_then_collected(debian_disk: DebianDisk, tmp_path: P
     assert crash["complete"] is True and crash["error"] is None, crash
     assert crash["panic"] == SYSRQ_PANIC, crash
     assert crash["kernel_release"] == debian_disk.base.releases["6.1"]
+    table = debian_disk.read_text(f"{OUT}/list.txt").splitlines()
+    assert len(table) == 2 and " complete " in table[1] and table[1].endswith(SYSRQ_PANIC), table
     directory = crash["directory"]
     files = {e.name: e.size for e in debian_disk.listdir(directory)}
     assert set(files) == {"vmcore", "dmesg.txt", "record.json"}, files
