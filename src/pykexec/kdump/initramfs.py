@@ -293,6 +293,9 @@ def contents_for(config: KdumpConfig, paths: Paths, release: str) -> Contents:
         contents.directory(directory)
     contents.char_device("/dev/console", 5, 1)  # the kernel opens it for init's output
     contents.char_device("/dev/null", 1, 3)
+    # Python reads it at start-up when getrandom() has no entropy yet (a crash kernel Xen
+    # starts gets no RNG seed from its loader): without it the interpreter cannot start.
+    contents.char_device("/dev/urandom", 1, 9)
     plan, wanted = target_plan(config, paths, release)
     modules = add_modules(contents, wanted, paths, release)
     plan = CP.CapturePlan(plan.release, plan.target_kind, modules, plan.device, plan.network)
