@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pykexec.backends.protocol import Backend
     from pykexec.images.image_type import ImageType
-    from pykexec.machine import Machine
+    from pykexec.machine import Machine, XenInfo
 
 # --reuse-cmdline drops what belongs to the running kernel's boot only.
 _DROP_ON_REUSE = ("BOOT_IMAGE=", "crashkernel=", "kexec_jump_back_entry=")
@@ -40,12 +40,17 @@ _CMDLINE_WORD = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 FALLBACK_ERRNOS = (errno.ENOSYS, errno.EINVAL, errno.ENOEXEC, errno.EOPNOTSUPP)
 
 
-def compose_cmdline(running: str, reuse: bool, append: str | None) -> str:
+def compose_cmdline(running: str, reuse: bool, append: str | None, xen: XenInfo | None = None) -> str:
     """The next kernel's command line: the running one's (``reuse``, without what belongs
-    to its own boot), then ``append``."""
+    to its own boot), then ``append``.  In a Xen dom0 (``xen``), Xen starts the next kernel
+    on the bare machine: dom0's Xen console is swapped for Xen's own (:mod:`pykexec.xen_cmdline`)."""
     words: list[str] = []
     if reuse:
         words = [w for w in _CMDLINE_WORD.findall(running) if not w.startswith(_DROP_ON_REUSE)]
+        if xen is not None:
+            from pykexec.xen_cmdline import bare_metal_words
+
+            words = bare_metal_words(words, xen.cmdline, append)
     if append:
         words.append(append.strip())
     return " ".join(w for w in words if w)
@@ -137,7 +142,7 @@ def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: B
         raise UsageError(f"no crash kernel region is reserved on {machine.source} "
                          "(boot with crashkernel=SIZE, e.g. crashkernel=256M)")
     initrd = read_input(request.initrd, "initrd") if request.initrd else None
-    cmdline = compose_cmdline(machine.cmdline, request.reuse_cmdline, request.append)
+    cmdline = compose_cmdline(machine.cmdline, request.reuse_cmdline, request.append, machine.xen)
     multiboot = image.type.name.startswith("multiboot")
     if request.modules and not multiboot:
         raise UsageError(f"--module is for multiboot images; {request.kernel} is {image.type.name}")

@@ -15,14 +15,17 @@ if TYPE_CHECKING:
     from pykexec.memory import MemoryMap, Range
 
 
-class XenInfo(namedtuple("XenInfo", "version xen_start xen_end cpus", defaults=(None, None, None, None))):
-    """The hypervisor we run under (filled in for Xen dom0 machines)."""
+class XenInfo(namedtuple("XenInfo", "version xen_start xen_end cpus cmdline",
+                         defaults=(None, None, None, None, None))):
+    """The hypervisor we run under (filled in for Xen dom0 machines); ``cmdline`` is Xen's
+    own command line (None: unknown)."""
 
     __slots__ = ()
     version: str | None
     xen_start: int | None
     xen_end: int | None
     cpus: int | None
+    cmdline: str | None
 
 
 class EfiRuntimeRange(namedtuple("EfiRuntimeRange", "type phys_addr virt_addr num_pages attribute")):

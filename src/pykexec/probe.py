@@ -14,6 +14,7 @@ from pykexec.memory import MemoryMap, MemType, Range, Region
 
 TYPE_CHECKING = False  # typing costs an import; this name is all type checkers need
 if TYPE_CHECKING:
+    from pykexec.backends.xen.kexec_op import XenKexec
     from pykexec.crash import DumpSources
 
 
@@ -156,6 +157,7 @@ def probe_xen_dom0() -> Machine:
         crash_kernel = area.range() if area.size else None
         image = x.xen_image_range()
         major, minor, extra = x.xen_version()
+        xen_cmdline = _xen_commandline(x)
         notes = x.cpu_notes() if crash_kernel else []
         dump = None
         if crash_kernel:
@@ -172,11 +174,21 @@ def probe_xen_dom0() -> Machine:
         cmdline=(_read("/proc/cmdline") or "").strip(),
         lockdown=parse_lockdown(_read("/sys/kernel/security/lockdown")),
         xen=XenInfo(version=f"{major}.{minor}{extra}", xen_start=image.start, xen_end=image.start + image.size - 1,
-                    cpus=len(notes) or None),
+                    cpus=len(notes) or None, cmdline=xen_cmdline),
         dump=dump,
         source="this machine (Xen dom0)",
         secure_boot=secure_boot_enabled(boot_params),
     )
+
+
+def _xen_commandline(x: XenKexec) -> str | None:
+    """Xen's command line (which console a kernel it kexecs should use); None if refused."""
+    from pykexec.backends.xen.kexec_op import HypercallError
+
+    try:
+        return x.commandline()
+    except HypercallError:
+        return None
 
 
 def _xen_symbols() -> bytes | None:

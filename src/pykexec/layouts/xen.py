@@ -98,8 +98,10 @@ XENMEM_machine_memory_map = 10
 XENVER_version = 0       # returns (major << 16) | minor, no argument
 XENVER_extraversion = 1  # char[16]
 XENVER_capabilities = 3  # char[1024], e.g. "xen-3.0-x86_64 hvm-3.0-x86_32 ..."
+XENVER_commandline = 9   # char[1024]: Xen's own command line
 XEN_EXTRAVERSION_LEN = 16
 XEN_CAPABILITIES_INFO_LEN = 1024
+XEN_COMMANDLINE_LEN = 1024
 
 # e820 types (as Xen reports them)
 E820_RAM = 1

@@ -249,6 +249,10 @@ class XenKexec:
         """XENVER_capabilities, e.g. "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64"."""
         return self._version_string(abi.XENVER_capabilities, abi.XEN_CAPABILITIES_INFO_LEN)
 
+    def commandline(self) -> str:
+        """XENVER_commandline: Xen's own command line, e.g. "console=com1 crashkernel=256M@1G"."""
+        return self._version_string(abi.XENVER_commandline, abi.XEN_COMMANDLINE_LEN)
+
     # -- load, unload, execute, status
     def load(self, type_: int, arch: int, segments: Sequence[XenSegment], entry: int, *,
              check: bool = True) -> None:
