@@ -43,6 +43,9 @@ COMMANDS = {
 }
 EPILOG = "Configuration: /etc/pykexec/kdump.toml (docs/kdump-service.md).  pykexec kdump COMMAND --help: its options."
 MiB = 1 << 20
+#: The commands that ask Xen (in a dom0) what is loaded or reserved, or load: they set up
+#: dom0's Xen interfaces first when missing (:mod:`pykexec.kdump.xen_dom0`).
+XEN_COMMANDS = ("load", "unload", "status", "estimate", "test")
 
 
 def build_parser() -> tuple[Parser, dict[str, Parser]]:
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     paths = Paths(args.root)
     config = load_config(paths.under(args.config) if args.config else paths.config)
     command = args.command
+    if command in XEN_COMMANDS:
+        _prepare_xen(paths, command)
     if command in ("enable", "disable"):
         from pykexec.kdump import unit
 
@@ -148,6 +153,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(crashes.render_show(report_))
     return 0
+
+
+def _prepare_xen(paths: Paths, command: str) -> None:
+    """dom0's Xen interfaces (a no-op elsewhere); failing, ``load`` stops with the reason,
+    the others say it and go on (status can still tell what it can)."""
+    from pykexec.kdump import xen_dom0
+
+    try:
+        done = xen_dom0.prepare(paths)
+    except KexecError as err:
+        if command == "load":
+            raise
+        sys.stderr.write(f"pykexec kdump: Xen dom0: {err}\n")
+        return
+    for line in done:
+        sys.stderr.write(f"pykexec kdump: Xen dom0: {line}\n")
 
 
 def _say(*lines: str) -> None:
@@ -189,6 +210,10 @@ def _status(config: KdumpConfig, paths: Paths, as_json: bool) -> int:
         state = st["loaded"]
         loaded = "loaded" if state is True else "not loaded" if state is False else \
             f"unknown ({st.get('loaded_error')})"
+        from pykexec.plan import BACKEND_XEN
+
+        if state is True and st.get("loaded_through") == BACKEND_XEN:
+            loaded += " through Xen"
         lines = [f"crash kernel: {loaded} ({st['kernel']}, {st['initrd']})"]
         changed = st["changed_since_load"]
         assert isinstance(changed, list)

@@ -257,11 +257,21 @@ def meminfo(paths: Paths) -> dict[str, int]:
 
 
 def ram_layout(paths: Paths) -> tuple[int, int]:
-    """(max pfn, pages of RAM) of this machine: from /proc/iomem (root sees its
-    addresses), else /proc/meminfo's MemTotal for both."""
+    """(max pfn, pages of RAM) of this machine: in a Xen dom0 from Xen's machine memory
+    map, else from /proc/iomem (root sees its addresses), else /proc/meminfo's MemTotal
+    for both."""
     from pykexec.errors import KexecError
     from pykexec.probe import parse_iomem
 
+    if str(paths.root) == "/" and (paths.sys / "hypervisor/type").exists() \
+            and (paths.sys / "hypervisor/type").read_text().strip() == "xen":
+        # A dom0's /proc/iomem is its own; the crash kernel's dump holds the whole machine.
+        from pykexec.kdump.xen_dom0 import machine_ram
+
+        try:
+            return machine_ram()
+        except KexecError:
+            pass
     try:
         memory, _ = parse_iomem((paths.proc / "iomem").read_text())
         ram = memory.ram()

@@ -21,6 +21,7 @@ from pathlib import Path
 from pykexec import kexec
 from pykexec.errors import KexecError, MachineError
 from pykexec.kdump.config import to_toml
+from pykexec.plan import BACKEND_XEN
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -218,21 +219,32 @@ def unload(paths: Paths) -> bool:
     return loaded
 
 
+def under_xen(paths: Paths) -> bool:
+    """Whether this system runs on Xen (a dom0: Xen loads its crash kernel and reserves its area)."""
+    try:
+        return (paths.sys / "hypervisor/type").read_text().strip() == "xen"
+    except OSError:
+        return False
+
+
 def reserved_bytes(paths: Paths) -> int | None:
     """The memory reserved for a crash kernel (crashkernel=): the kernel's
     kexec_crash_size, or in a Xen dom0 Xen's crash area; None if unknown."""
-    xen = (paths.sys / "hypervisor/type").exists() and \
-        (paths.sys / "hypervisor/type").read_text().strip() == "xen"
+    xen = under_xen(paths)
     if not xen:
         try:
             return int((paths.sys / "kernel/kexec_crash_size").read_text())
         except (OSError, ValueError):
             pass
     if paths.root != Path("/"):
-        return None  # the probe below reads this machine, not the one under paths
-    from pykexec import probe
-
+        return None  # what follows asks this machine, not the one under paths
     try:
+        if xen:  # Xen reserved the area; dom0's /proc/iomem does not show it
+            from pykexec.kdump.xen_dom0 import crash_area_bytes
+
+            return crash_area_bytes()
+        from pykexec import probe
+
         region = probe.probe().crash_kernel
     except KexecError:
         return None
@@ -248,6 +260,8 @@ def status(config: KdumpConfig, paths: Paths, *, crashes: int = 3) -> dict[str, 
     except KexecError as err:
         out["loaded"] = None
         out["loaded_error"] = str(err)
+    # Who holds the crash kernel: Xen (kexec_op, from a dom0) or this kernel.
+    out["loaded_through"] = BACKEND_XEN if under_xen(paths) else "kernel"
     stamp = read_stamp(paths)
     crash = crash_kernel(config, paths, build=False)
     if stamp is not None and isinstance(stamp.get("initrd"), str) and not config.initrd:
