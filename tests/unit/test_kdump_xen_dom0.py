@@ -174,3 +174,33 @@ def test_a_failed_set_up_stops_load_only(dom0: Paths, monkeypatch: pytest.Monkey
     captured = capsys.readouterr()
     assert captured.err == "pykexec kdump: Xen dom0: modprobe -a xenfs xen-privcmd failed: Operation not permitted\n"
     assert captured.out.startswith("crash kernel: not loaded (")
+
+
+class FakeXen:
+    """XenKexec.open() of a 2 GiB machine with a 256 MiB crash area at 1 GiB."""
+
+    def __enter__(self) -> FakeXen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def machine_memory_map(self) -> list[object]:
+        from pykexec.backends.xen.kexec_op import E820Range
+
+        return [E820Range(0, 0x9fc00, 1), E820Range(0x9fc00, 0x400, 2), E820Range(0x100000, 0x7fee0000, 1),
+                E820Range(0xfffc0000, 0x40000, 2), E820Range(0x80000000, 0, 1)]
+
+    def crash_area(self) -> object:
+        from pykexec.backends.xen.rules import XenRange
+
+        return XenRange(1 << 30, 256 << 20)
+
+
+def test_what_xen_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pykexec.backends.xen.kexec_op import XenKexec
+
+    monkeypatch.setattr(XenKexec, "open", classmethod(lambda cls, **kw: FakeXen()))
+    assert xen_dom0.crash_area_bytes() == 256 << 20
+    # RAM only (not the reserved ranges above it, nor an empty entry): up to 0x7ffe0000.
+    assert xen_dom0.machine_ram() == (0x7ffe0000 // 4096, (0x9fc00 + 0x7fee0000) // 4096)

@@ -263,10 +263,10 @@ def ram_layout(paths: Paths) -> tuple[int, int]:
     from pykexec.errors import KexecError
     from pykexec.probe import parse_iomem
 
-    if str(paths.root) == "/" and (paths.sys / "hypervisor/type").exists() \
-            and (paths.sys / "hypervisor/type").read_text().strip() == "xen":
+    from pykexec.kdump.xen_dom0 import machine_ram, under_xen
+
+    if str(paths.root) == "/" and under_xen(paths):
         # A dom0's /proc/iomem is its own; the crash kernel's dump holds the whole machine.
-        from pykexec.kdump.xen_dom0 import machine_ram
 
         try:
             return machine_ram()

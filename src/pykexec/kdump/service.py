@@ -21,6 +21,7 @@ from pathlib import Path
 from pykexec import kexec
 from pykexec.errors import KexecError, MachineError
 from pykexec.kdump.config import to_toml
+from pykexec.kdump.xen_dom0 import under_xen
 from pykexec.plan import BACKEND_XEN
 
 TYPE_CHECKING = False
@@ -217,14 +218,6 @@ def unload(paths: Paths) -> bool:
         kexec.unload(crash=True)
     remove_stamp(paths)
     return loaded
-
-
-def under_xen(paths: Paths) -> bool:
-    """Whether this system runs on Xen (a dom0: Xen loads its crash kernel and reserves its area)."""
-    try:
-        return (paths.sys / "hypervisor/type").read_text().strip() == "xen"
-    except OSError:
-        return False
 
 
 def reserved_bytes(paths: Paths) -> int | None:

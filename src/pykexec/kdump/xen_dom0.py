@@ -48,10 +48,15 @@ def _run(run: Runner, cmd: list[str]) -> None:
         raise KexecError(f"{' '.join(cmd)} failed: {said[-1] if said else f'exit {proc.returncode}'}")
 
 
+def under_xen(paths: Paths) -> bool:
+    """Whether this system runs on Xen (a dom0: Xen loads its crash kernel and reserves its area)."""
+    return _read(paths.sys / "hypervisor/type") == "xen"
+
+
 def prepare(paths: Paths, run: Runner = subprocess.run) -> list[str]:
     """Under Xen, load xenfs and xen-privcmd and mount xenfs on /proc/xen when they are
     missing; returns one line per thing done (none: not Xen, or all there already)."""
-    if _read(paths.sys / "hypervisor/type") != "xen":
+    if not under_xen(paths):
         return []
     proc_xen = paths.proc / "xen"
     capabilities = proc_xen / "capabilities"

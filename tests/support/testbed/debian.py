@@ -1,7 +1,10 @@
 """A real Debian 12 system for the kdump service's end-to-end tests: systemd, udev,
 initramfs-tools, Debian's cloud kernels (6.1 and 6.12), kexec-tools, makedumpfile and kdump-tools
 (installed, disabled: a test turns on either it or pykexec's service), and pykexec installed
-from the checkout.
+from the checkout.  It is a Xen host too: Debian's Xen 4.17 hypervisor and the generic 6.1
+kernel (flavour ``6.1-xen``: the cloud kernels cannot be a PV dom0), booted by
+:func:`support.testbed.debian_boot.boot_xen`; nothing else of Xen's tools is installed
+(pykexec's service loads the dom0 modules it needs itself).
 
 Two layers, so that a source change costs a second, not a rebuild:
 
@@ -40,18 +43,22 @@ from support.testbed.host import compile_tree, run_command
 from support.testbed.packages import KERNEL_META, PackageCache
 
 SUITE = "bookworm"
-#: Kernel flavours installed in the image (Debian's cloud kernels), by their meta package.
-KERNELS = {flavour: KERNEL_META[flavour] for flavour in ("6.1", "6.12")}
+#: Kernel flavours installed in the image, by their meta package: Debian's cloud kernels, and
+#: the generic 6.1 kernel (XEN_DOM0) as ``6.1-xen``, the dom0 of Xen boots.
+KERNELS = {"6.1": KERNEL_META["6.1"], "6.12": KERNEL_META["6.12"], "6.1-xen": KERNEL_META["6.1-generic"]}
+#: Debian's hypervisor package (no Recommends: not xen-utils, whose daemons a kdump test does not need).
+XEN_HYPERVISOR = "xen-hypervisor-4.17-amd64"
 #: Installed by mmdebstrap (minbase variant, no Recommends); kdump-tools comes after, in a hook.
 PACKAGES = ("systemd-sysv", "udev", "kmod", "initramfs-tools", *KERNELS.values(), "python3",
-            "kexec-tools", "makedumpfile", "procps", "openssh-client", "e2fsprogs",
+            "kexec-tools", "makedumpfile", "procps", "openssh-client", "e2fsprogs", XEN_HYPERVISOR,
             # kdump-tools' dependencies, installed up front so that its hook only configures it.
             "bsdextrautils", "file", "ucf", "busybox")
 DISK_BYTES = 4 << 30
 GUEST_SITE_PACKAGES = "/usr/local/lib/python3.11/dist-packages"
+XEN_ELF = "xen.elf"
 DISK_LABEL = "testbed-root"
 # Bump when the way the base is built changes in a way the inputs below do not show.
-_LAYOUT_VERSION = "1"
+_LAYOUT_VERSION = "2"
 _TOOLS = ("mmdebstrap", "mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs")
 
 # Before any package is configured: kexec-tools must not take over reboots, and kdump-tools
@@ -72,8 +79,8 @@ DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install
 chroot "$root" update-initramfs -u -k all
 # Present but off: a test enables kdump-tools or pykexec's service, never both.
 chroot "$root" systemctl disable kdump-tools.service
-# agetty would hang up the serial console under the step runner's feet.
-chroot "$root" systemctl mask serial-getty@ttyS0.service
+# agetty would hang up the serial console under the step runner's feet (hvc0: Xen's dom0).
+chroot "$root" systemctl mask serial-getty@ttyS0.service serial-getty@hvc0.service
 # Persistent daily timers would fire during the first boots and compete for the CPU.
 chroot "$root" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \\
     e2scrub_all.timer fstrim.timer
@@ -100,6 +107,10 @@ class DebianBase:
 
     def initrd(self, flavour: str = "6.1") -> Path:
         return self.directory / f"initrd.img-{self.releases[flavour]}"
+
+    def xen(self) -> Path:
+        """The image's /boot/xen-*.gz gunzipped (QEMU's Multiboot loader takes no gzip)."""
+        return self.directory / XEN_ELF
 
     def manifest(self) -> dict[str, object]:
         """What was built, from what, and how long it took (``manifest.json``)."""
@@ -189,6 +200,7 @@ class DebianTestbed:
                     if not (tree / "boot" / name).is_file():
                         raise TestbedError(f"the image has no /boot/{name}")
                     shutil.copy2(tree / "boot" / name, tmp / name)
+            _copy_xen(tree, tmp / XEN_ELF)
             make_image(base.image(), tree, size_bytes=DISK_BYTES, label=DISK_LABEL)
             t2 = time.monotonic()
         finally:
@@ -259,6 +271,15 @@ def _fill_layer(root: Path, pykexec_tree: Path) -> None:
         link = root / path.lstrip("/")
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)
+
+
+def _copy_xen(tree: Path, out: Path) -> None:
+    import gzip
+
+    found = sorted((tree / "boot").glob("xen-*.gz"))
+    if len(found) != 1:
+        raise TestbedError(f"expected one /boot/xen-*.gz in the image ({XEN_HYPERVISOR}), found {found}")
+    out.write_bytes(gzip.decompress(found[0].read_bytes()))
 
 
 def _prune_layers(root: Path, *, keep: Path, max_age: float = 86400) -> None:

@@ -20,9 +20,17 @@ from typing import Sequence
 from support.testbed.debian import DebianDisk
 from support.testbed.debian_step import BOOT_MARKER, CRASH_MARKER, REPORT_MARKER, STEP_END_MARKER
 from support.testbed.qemu import GuestRun, run_qemu
+from support.xen import XEN_CPU
 
 #: The kernel command line of every boot (``append_extra`` is added after it).
 BOOT_APPEND = "root=/dev/vda rw console=ttyS0 crashkernel=256M panic=-1"
+#: Xen's command line in :func:`boot_xen`: its console on the serial port, dom0's memory, and
+#: the crash area (Xen reserves it: dom0's own crashkernel= would mean nothing).
+XEN_APPEND = "console=com1 dom0_mem=768M crashkernel=256M@1G"
+#: dom0's: its console is Xen's (hvc0).
+DOM0_APPEND = "root=/dev/vda rw console=hvc0 panic=-1"
+#: The image's kernel that can be a PV dom0 (Debian's cloud kernels have no XEN_DOM0).
+XEN_DOM0_KERNEL = "6.1-xen"
 #: The first line the kernel prints on a panic.
 PANIC_LINE = "Kernel panic - not syncing"
 
@@ -98,6 +106,32 @@ def boot(disk: DebianDisk, *, step: str | None = None, kernel: str = "6.1", appe
     this boot.  The serial console streams to ``log_path`` (default: beside the disk,
     ``<disk>-boot<n>.log``).  ``extra_qemu_args`` adds devices (a network, a second disk).
     """
+    cmdline = f"{BOOT_APPEND} {append_extra}".strip()
+    return _boot(disk, step, disk.base.vmlinuz(kernel), str(disk.base.initrd(kernel)), cmdline, cpu="qemu64",
+                 memory_mib=memory_mib, smp=smp, timeout=timeout, log_path=log_path,
+                 extra_qemu_args=extra_qemu_args)
+
+
+def boot_xen(disk: DebianDisk, *, step: str | None = None, xen_append: str = XEN_APPEND,
+             dom0_append_extra: str = "", memory_mib: int = 2048, smp: int = 1, timeout: float = 300.0,
+             log_path: Path | None = None, extra_qemu_args: Sequence[str] = ()) -> DebianBoot:
+    """Boot ``disk`` as a Xen host: the image's Xen 4.17 (QEMU's Multiboot loader) with
+    the image's ``6.1-xen`` kernel and its initrd as the PV dom0 (:data:`DOM0_APPEND`, its
+    console hvc0: Xen prints it on the serial port, step markers included).  As :func:`boot`
+    otherwise; a panic of dom0 with a crash kernel loaded goes on in that kernel, on the bare
+    machine."""
+    base = disk.base
+    dom0 = f"{DOM0_APPEND} {dom0_append_extra}".strip()
+    if "," in dom0 + str(base.vmlinuz(XEN_DOM0_KERNEL)) + str(base.initrd(XEN_DOM0_KERNEL)):
+        raise ValueError("QEMU's Multiboot modules are comma-separated: no comma in dom0's command line or paths")
+    modules = f"{base.vmlinuz(XEN_DOM0_KERNEL)} {dom0},{base.initrd(XEN_DOM0_KERNEL)}"
+    return _boot(disk, step, base.xen(), modules, xen_append, cpu=XEN_CPU, memory_mib=memory_mib, smp=smp,
+                 timeout=timeout, log_path=log_path, extra_qemu_args=extra_qemu_args)
+
+
+def _boot(disk: DebianDisk, step: str | None, kernel: Path, initrd: str, cmdline: str, *, cpu: str,
+          memory_mib: int, smp: int, timeout: float, log_path: Path | None,
+          extra_qemu_args: Sequence[str]) -> DebianBoot:
     if step is not None:
         disk.write_step(step)
     # A killed QEMU or a crash can leave the journal dirty: replay it before QEMU opens the
@@ -106,12 +140,11 @@ def boot(disk: DebianDisk, *, step: str | None = None, kernel: str = "6.1", appe
     if log_path is None:
         log_path = disk.path.with_name(f"{disk.path.stem}-boot{disk.boot_count() + 1}.log")
     log_path.unlink(missing_ok=True)
-    cmdline = f"{BOOT_APPEND} {append_extra}".strip()
     clock = _ConsoleClock(log_path)
     clock.start()
     try:
-        run = run_qemu(disk.base.vmlinuz(kernel), disk.base.initrd(kernel), cmdline, memory=f"{memory_mib}M",
-                       smp=smp, timeout=timeout, log_path=log_path,
+        run = run_qemu(kernel, initrd, cmdline, memory=f"{memory_mib}M", cpu=cpu, smp=smp, timeout=timeout,
+                       log_path=log_path,
                        extra_args=["-drive", f"file={disk.path},if=virtio,format=raw", *extra_qemu_args])
     finally:
         clock.stop()

@@ -7,7 +7,8 @@ of one disk), prints :data:`BOOT_MARKER`, runs the step the test wrote to
 :data:`STEP_END_MARKER` with its exit status, and powers the machine off cleanly, which ends
 QEMU.  A step that panics or reboots ends QEMU itself (``-no-reboot``).
 
-Steps run with ``sh``, their output on the serial console, and these shell functions
+Steps run with ``sh``, their output on the console (the kernel's last ``console=``: ttyS0, or
+hvc0 in a Xen dom0, which Xen prints on its serial port), and these shell functions
 (``step-lib.sh``):
 
 * ``mark TEXT`` logs one line of text through the kernel's log (see below);
@@ -63,8 +64,17 @@ WantedBy=multi-user.target
 # after an echo would otherwise lose the bytes still buffered (printk's own messages poll
 # the UART and are not lost).
 _LIB = f"""# Shell functions for test-bed steps (see support/testbed/debian_step.py).
+# The console: the kernel's last console= (hvc0 in Xen's dom0, whose output Xen prints on its
+# serial port), else ttyS0.
+TESTBED_CONSOLE=/dev/ttyS0
+for word in $(cat /proc/cmdline); do
+    case $word in
+        console=*) TESTBED_CONSOLE=/dev/${{word#console=}}; TESTBED_CONSOLE=${{TESTBED_CONSOLE%%,*}} ;;
+    esac
+done
+
 drain_console() {{
-    stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g)"
+    stty -F "$TESTBED_CONSOLE" "$(stty -F "$TESTBED_CONSOLE" -g)"
 }}
 
 mark() {{
@@ -92,7 +102,7 @@ state=/var/lib/testbed
 boot=$(( $(cat {BOOT_COUNT_PATH} 2>/dev/null || echo 0) + 1 ))
 echo "$boot" > {BOOT_COUNT_PATH}
 sync
-exec </dev/null >/dev/ttyS0 2>&1
+exec </dev/null >"$TESTBED_CONSOLE" 2>&1
 mark "{BOOT_MARKER} boot=$boot release=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 rc=none
 if [ -f {STEP_PATH} ]; then
