@@ -49,6 +49,7 @@ RESULT = "PYKEXEC-CKBENCH-RESULT"
 INFO = "PYKEXEC-CKBENCH-INFO"
 FAIL = "PYKEXEC-CKBENCH-FAIL"
 DONE = "PYKEXEC-CKBENCH-DONE"
+PROFILE = "PYKEXEC-CKBENCH-PROFILE"
 OUT = "/tmp/out"
 HELP = "pykexec vmcore save --help"
 CAT = "cat /proc/vmcore > /dev/null"
@@ -108,7 +109,18 @@ for run in range(1, RUNS + 1):
         if os.path.exists(OUT):
             os.unlink(OUT)  # RAM is short: only one output at a time
         emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size})
-""" % {"info": INFO, "fail": FAIL, "result": RESULT}
+if os.path.exists("/testbed/ckprofile.json"):  # --profile: where the default save's time goes
+    with open("/testbed/ckprofile.json") as f:
+        argv = json.load(f)
+    print("%(profile)s begin", flush=True)
+    subprocess.run(["python3", "-X", "importtime", "-c", "import pykexec.vmcore.cli"])
+    if os.path.exists(OUT):
+        os.unlink(OUT)
+    res = subprocess.run(["python3", "-m", "cProfile", "-s", "tottime", *argv], stdout=subprocess.PIPE,
+                         text=True)
+    print("\\n".join(res.stdout.splitlines()[:45]), flush=True)
+    print("%(profile)s end", flush=True)
+""" % {"info": INFO, "fail": FAIL, "result": RESULT, "profile": PROFILE}
 
 CRASH_INIT = f"""echo "crash kernel up: $(uname -r) $(cat /proc/cmdline)"
 python3 /testbed/ckbench.py "$RUNS" {OUT}
@@ -145,13 +157,16 @@ def native_files(stage: Path) -> dict[str, Path]:
     return {child.name: child for child in stage.iterdir()}
 
 
-def run_in_crash_kernel(kernel: str, smp: int, runs: int,
-                        timeout: float) -> tuple[dict[str, Any], dict[str, Row]]:
+def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, commands: list[tuple[str, list[str]]],
+                        profile: bool = False) -> tuple[dict[str, Any], dict[str, Row]]:
     assets = Assets()
     with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
         files: dict[str, Path | str | bytes] = dict(native_files(Path(tmp) / "stage"))
         files["testbed/ckbench.py"] = GUEST_TIMER.encode()
-        files["testbed/ckbench.json"] = json.dumps(COMMANDS).encode()
+        files["testbed/ckbench.json"] = json.dumps(commands).encode()
+        if profile:
+            files["testbed/ckprofile.json"] = json.dumps(["-m", "pykexec.vmcore.cli", "save", "/proc/vmcore",
+                                                          OUT]).encode()
         crash = build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,
                                 with_python=True, with_pykexec=True, assets=assets, kernels=(),
                                 compress=True)
@@ -172,8 +187,11 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int,
     for m in re.finditer(rf"{RESULT} (\{{.*\}})", run.log):
         r = json.loads(m.group(1))
         rows.setdefault(r["name"], Row([], r["bytes"])).times.append(r["seconds"])
-    if set(rows) != {name for name, _ in COMMANDS}:
-        raise SystemExit(f"results missing for {sorted({n for n, _ in COMMANDS} - set(rows))}")
+    if set(rows) != {name for name, _ in commands}:
+        raise SystemExit(f"results missing for {sorted({n for n, _ in commands} - set(rows))}")
+    if profile:
+        m = re.search(rf"{PROFILE} begin\n(.*?){PROFILE} end", run.log, re.S)
+        print(m.group(1) if m else "no profile in the log")
     return json.loads(info.group(1)), rows
 
 
@@ -203,14 +221,28 @@ def report(kernel: str, smp: int, info: dict[str, Any], rows: dict[str, Row]) ->
               f"{ours.size / other.size:.2f}x size")
 
 
+def variant(options: str) -> list[str]:
+    """The crash kernel's argv for ``--variant``: save options, after any NAME=VALUE
+    environment settings (e.g. ``PYKEXEC_VMCORE_READ=pread --level -1``)."""
+    words = options.split()
+    env = [w for w in words if "=" in w and not w.startswith("-")]
+    argv = ["pykexec", "vmcore", "save", *(w for w in words if w not in env), "/proc/vmcore", OUT]
+    return ["env", *env, *argv] if env else argv
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", default="6.1", choices=("6.1", "6.12"))
     ap.add_argument("--smp", type=int, default=1, help="CPUs of the crashing guest (the crash kernel uses one)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each command in the crash kernel")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before QEMU is killed")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra `pykexec vmcore save` options to time too (repeatable), e.g. '--compress lzo'")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print `-X importtime` and a cProfile of the default save in the crash kernel")
     args = ap.parse_args()
-    info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout)
+    commands = COMMANDS + [(f"pykexec vmcore save {v}", variant(v)) for v in args.variant]
+    info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout, commands, args.profile)
     report(args.kernel, args.smp, info, rows)
     return 0
 

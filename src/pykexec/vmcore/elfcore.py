@@ -14,6 +14,21 @@ Address translation, as vmcore-dmesg does it:
   (``NUMBER(PAGE_OFFSET)`` <= addr) is turned into a physical one,
   ``addr - PAGE_OFFSET + PHYS_OFFSET``, and looked up by ``p_paddr``;
 * physical: the first PT_LOAD whose ``[p_paddr, p_paddr + p_memsz)`` covers it.
+
+Pages for ``vmcore save`` (:meth:`ElfCore.readinto`) are copied out of the map
+when the file is ``/proc/vmcore`` on x86_64, else read with pread(2).  A read of
+/proc/vmcore copies each page through ``copy_oldmem_page``, which maps and unmaps
+it (ioremap, a TLB flush) on every call: 3x makedumpfile's time in a crash kernel.
+The map is safe there (fs/proc/vmcore.c): ``mmap_vmcore`` installs every page table
+entry when the map is made (``remap_pfn_range``; the zero page for pages a
+hypervisor says are not RAM, which read() returns as zeros too), so touching it
+never faults; its fault handler, which answers SIGBUS, serves s390 alone.  Left:
+a machine check on bad RAM, which kills us with SIGBUS through the map but panics
+the crash kernel through read() (``copy_oldmem_page`` is not machine-check safe),
+and hwpoisoned pages are left out by the dump-level scan anyway.  A regular file
+stays on pread: its map raises SIGBUS, which Python cannot catch, for a disk's
+I/O error or a file cut short under us, where pread says EIO or reads short.
+``PYKEXEC_VMCORE_READ=pread`` (or ``map``) forces one way, for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -63,6 +78,18 @@ _MASK64 = (1 << 64) - 1
 Buffer = bytes | memoryview
 
 
+def _copy_from_map(path: str) -> bool:
+    """Whether :meth:`ElfCore.readinto` may copy ``path``'s pages from its map: a procfs
+    file (/proc/vmcore) on x86_64, unless ``PYKEXEC_VMCORE_READ`` says otherwise."""
+    forced = os.environ.get("PYKEXEC_VMCORE_READ")
+    if forced in ("map", "pread"):
+        return forced == "map"
+    try:
+        return os.uname().machine == "x86_64" and os.stat(path).st_dev == os.stat("/proc/self").st_dev
+    except OSError:
+        return False
+
+
 # namedtuple, not typing.NamedTuple: importing typing costs a third of a dmesg run.
 class Load(namedtuple("Load", "offset vaddr paddr filesz memsz avail")):
     """One PT_LOAD.  ``avail`` is how much of ``filesz`` the file really holds
@@ -94,6 +121,8 @@ class ElfCore:
         self._map: mmap.mmap | None = None
         self._source = source
         self._fd = -1  # for readinto, opened on first use
+        #: readinto copies from the map (not pread): see the module's docstring.
+        self.copy_from_map = False
         if source is not None:
             self._view = source.view
             self.size = source.size
@@ -113,6 +142,7 @@ class ElfCore:
         self._mv = memoryview(self._map)
         self.size = len(self._mv)
         self._view = self._map_view
+        self.copy_from_map = _copy_from_map(self.path)
 
     def _map_view(self, offset: int, size: int) -> Buffer:
         return self._mv[offset:offset + size]
@@ -294,11 +324,15 @@ class ElfCore:
         return int(_U32.unpack_from(self.read(addr, 4, physical=physical))[0])
 
     def readinto(self, buf: memoryview, offset: int) -> int:
-        """Bytes of the file at ``offset`` into ``buf``, with pread(2) (as ``os.preadv``):
-        how the writers of ``vmcore save`` copy pages, as a bad page of /proc/vmcore is
-        then an OSError where the map would raise SIGBUS."""
+        """Bytes of the file at ``offset`` into ``buf`` (as ``os.preadv``): how the writers
+        of ``vmcore save`` copy pages.  From the map for /proc/vmcore, else with pread(2),
+        whose errors (EIO) are an OSError where the map of a regular file raises SIGBUS."""
         if self._source is not None:
             return self._source.readinto(buf, offset)
+        if self.copy_from_map:
+            n = max(0, min(len(buf), self.size - offset))
+            buf[:n] = self._mv[offset:offset + n]
+            return n
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return os.preadv(self._fd, [buf], offset)

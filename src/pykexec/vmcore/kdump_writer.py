@@ -7,9 +7,9 @@ descriptor per saved page, then the pages.  Zero pages stay in the 2nd bitmap,
 as makedumpfile keeps them: their descriptors all point at one zero page written
 first, so they still read back as zeros.
 
-Kept pages are read with ``preadv`` (not mmap: a bad page of ``/proc/vmcore``
-must become an error, not SIGBUS) into batches of :data:`~pykexec.vmcore.output.CHUNK_PAGES`,
-one call per contiguous piece; whole-batch and per-page zero tests are ``memcmp``
+Kept pages are copied (:meth:`~pykexec.vmcore.elfcore.ElfCore.readinto`: from the map of
+``/proc/vmcore``, with pread from a regular file, where a map would turn an I/O error into
+SIGBUS) into batches of :data:`~pykexec.vmcore.output.CHUNK_PAGES`, one call per contiguous piece; whole-batch and per-page zero tests are ``memcmp``
 (``bytearray.startswith``).  Pages are compressed one by one (the format's unit),
 a batch at a time, by :class:`~pykexec.vmcore.page_codecs.PageCompressor` (zstd,
 zlib, lzo or snappy, as makedumpfile's ``-z``/``-c``/``-l``/``-p``); a page that
