@@ -120,6 +120,8 @@ if os.path.exists("/testbed/ckprofile.json"):  # --profile: where the default sa
                          text=True)
     print("\\n".join(res.stdout.splitlines()[:45]), flush=True)
     print("%(profile)s end", flush=True)
+if os.path.exists("/testbed/ckcodecs.py"):  # --codecs: each codec on the same kept pages
+    subprocess.run(["python3", "/testbed/ckcodecs.py"])
 """ % {"info": INFO, "fail": FAIL, "result": RESULT, "profile": PROFILE}
 
 CRASH_INIT = f"""echo "crash kernel up: $(uname -r) $(cat /proc/cmdline)"
@@ -158,12 +160,14 @@ def native_files(stage: Path) -> dict[str, Path]:
 
 
 def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, commands: list[tuple[str, list[str]]],
-                        profile: bool = False) -> tuple[dict[str, Any], dict[str, Row]]:
+                        profile: bool = False, codecs: bool = False) -> tuple[dict[str, Any], dict[str, Row]]:
     assets = Assets()
     with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
         files: dict[str, Path | str | bytes] = dict(native_files(Path(tmp) / "stage"))
         files["testbed/ckbench.py"] = GUEST_TIMER.encode()
         files["testbed/ckbench.json"] = json.dumps(commands).encode()
+        if codecs:
+            files["testbed/ckcodecs.py"] = (Path(__file__).parent / "crash_kernel_codecs.py").read_bytes()
         if profile:
             files["testbed/ckprofile.json"] = json.dumps(["-m", "pykexec.vmcore.cli", "save", "/proc/vmcore",
                                                           OUT]).encode()
@@ -187,8 +191,12 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
     for m in re.finditer(rf"{RESULT} (\{{.*\}})", run.log):
         r = json.loads(m.group(1))
         rows.setdefault(r["name"], Row([], r["bytes"])).times.append(r["seconds"])
-    if set(rows) != {name for name, _ in commands}:
+    if runs and set(rows) != {name for name, _ in commands}:
         raise SystemExit(f"results missing for {sorted({n for n, _ in commands} - set(rows))}")
+    if codecs:
+        print("codecs on the same kept pages (crash_kernel_codecs.py):")
+        for m in re.finditer(r"PYKEXEC-CKCODEC (\{.*\})", run.log):
+            print("  ", m.group(1))
     if profile:
         m = re.search(rf"{PROFILE} begin\n(.*?){PROFILE} end", run.log, re.S)
         print(m.group(1) if m else "no profile in the log")
@@ -240,9 +248,14 @@ def main() -> int:
                     help="extra `pykexec vmcore save` options to time too (repeatable), e.g. '--compress lzo'")
     ap.add_argument("--profile", action="store_true",
                     help="also print `-X importtime` and a cProfile of the default save in the crash kernel")
+    ap.add_argument("--codecs", action="store_true",
+                    help="also time every codec on the same kept pages (benchmarks/crash_kernel_codecs.py)")
     args = ap.parse_args()
     commands = COMMANDS + [(f"pykexec vmcore save {v}", variant(v)) for v in args.variant]
-    info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout, commands, args.profile)
+    info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout, commands, args.profile,
+                                     args.codecs)
+    if not rows:
+        return 0
     report(args.kernel, args.smp, info, rows)
     return 0
 

@@ -32,6 +32,9 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections import deque
+from itertools import accumulate, compress, repeat
+from operator import not_
 
 from pykexec.layouts import kdump as L
 from pykexec.layouts.elf import NT_PRSTATUS
@@ -42,6 +45,8 @@ from pykexec.vmcore.pfn_runs import merge, set_bits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
     from pykexec.vmcore.dump_memory import DumpMemory
     from pykexec.vmcore.elfcore import ElfCore
     from pykexec.vmcore.output import Output
@@ -275,44 +280,52 @@ def _copy_pages(core: ElfCore, out: Output, runs: list[Run], pieces: list[tuple[
     zero_page = bytes(page)
     buf = bytearray(CHUNK_PAGES * page)
     view = memoryview(buf)
-    zero_chunk = bytes(len(buf))
+    zero_chunk = memoryview(bytes(len(buf)))  # sliced without copies
 
     def flush(n: int) -> bool:
-        """Compress and write the first ``n`` pages of the batch; False on a write error."""
+        """Compress and write the first ``n`` pages of the batch; False on a write error.
+
+        Per-page work is map() over C functions (startswith, len, pack), no Python
+        loop: under a crash kernel's slow CPU the interpreter's per-page cost was a
+        sixth of a save."""
         nonlocal out_pos, pd_index
         nbytes = n * page
-        descs = bytearray()
-        pieces: list[object] = []
+        starts = range(0, nbytes, page)
+        data: Sequence[object] = ()
         if exclude_zero and buf.startswith(zero_chunk[:nbytes]):
-            descs += zero_desc * n
+            descs = zero_desc * n
             result.zero_pages += n
         else:
-            offsets = [i for i in range(0, nbytes, page)
-                       if not (exclude_zero and buf.startswith(zero_page, i))]
+            if exclude_zero:
+                offsets = list(compress(starts, map(not_, map(buf.startswith, repeat(zero_page, n), starts))))
+            else:
+                offsets = list(starts)
             comp = pool.compress(buf, offsets, page)
-            k = 0
-            for i in range(0, nbytes, page):
-                if k == len(offsets) or offsets[k] != i:
-                    descs += zero_desc
-                    result.zero_pages += 1
-                    continue
-                c = comp[k] if comp is not None else None
-                size = len(c) if c is not None else page  # type: ignore[arg-type]
-                if size < page:
-                    descs += pd.pack(out_pos, size, flag, 0)
-                    pieces.append(c)
-                else:  # does not shrink: stored raw, as makedumpfile does
-                    descs += pd.pack(out_pos, page, 0, 0)
-                    pieces.append(view[i:i + page])
-                    size = page
-                    result.raw_pages += 1
-                out_pos += size
-                k += 1
+            sizes = list(map(len, comp)) if comp is not None else [page] * len(offsets)  # type: ignore[arg-type]
+            if comp is not None and (not sizes or max(sizes) < page):
+                data = comp
+                flags: Iterable[int] = repeat(flag)
+            else:  # pages that do not shrink are stored raw, as makedumpfile does
+                data = [c if size < page else view[i:i + page]
+                        for c, size, i in zip(comp or offsets, sizes, offsets)]
+                result.raw_pages += sum(1 for size in sizes if size >= page)
+                sizes = [min(size, page) for size in sizes]
+                flags = (flag if size < page else 0 for size in sizes)
+            at = list(accumulate(sizes, initial=out_pos))
+            out_pos = at.pop()
+            packed = list(map(pd.pack, at, sizes, flags, repeat(0)))
+            if len(offsets) == n:
+                descs = b"".join(packed)
+            else:
+                result.zero_pages += n - len(offsets)
+                slots = [zero_desc] * n
+                deque(map(slots.__setitem__, [i // page for i in offsets], packed), maxlen=0)
+                descs = b"".join(slots)
         # Data first, then the descriptors that point at it.
         try:
-            if pieces:
-                data = b"".join(pieces)  # type: ignore[arg-type]
-                out.write_at(data, out_pos - len(data))
+            if data:
+                joined = b"".join(data)  # type: ignore[arg-type]
+                out.write_at(joined, out_pos - len(joined))
             out.write_at(descs, pd_off + pd_index * pd.size)
         except OSError as e:
             result.incomplete = f"cannot write {out.name}: {e.strerror}"
