@@ -1,6 +1,17 @@
-"""In the crash kernel: the kept pages of /proc/vmcore (first N), compressed page by page
-with each candidate codec/parameter set; prints one JSON line per candidate."""
-import json, os, sys, time, zlib
+"""Every page codec on the same pages, where a save runs: the first N (default 8192)
+non-zero pages that dump level 31 keeps of /proc/vmcore (or of ``$CKCODEC_SRC``), each
+compressed on its own as a kdump-compressed file stores it.  One JSON line per codec and
+setting: seconds, bytes out (a page that does not shrink counted as stored raw), and
+microseconds per page.  benchmarks/crash_kernel_save.py --codecs runs it in the crash
+kernel; on the host:
+
+    CKCODEC_SRC=.cache/testbed/vmcores/vmcore-....elf .venv/bin/python benchmarks/crash_kernel_codecs.py
+"""
+import json
+import os
+import sys
+import time
+import zlib
 
 from pykexec.vmcore.open import open_elf
 from pykexec.vmcore.save import ram_runs

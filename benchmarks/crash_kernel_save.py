@@ -12,7 +12,14 @@ rounds interleaved):
 * ``makedumpfile -l -d 31`` (lzo) and ``-c -d 31`` (zlib, Debian kdump-tools' default);
 * ``pykexec vmcore save`` with its defaults (zstd 1, -d 31), ``--level -3`` and
   ``--compress zlib``;
-* ``pykexec vmcore save --help``: Python's start-up, to tell it apart from the saving.
+* ``pykexec vmcore save --help``: Python's start-up, to tell it apart from the saving;
+* ``--variant OPTIONS`` (repeatable): more save options to time, e.g. ``--level -1`` or
+  ``PYKEXEC_VMCORE_READ=pread`` (pages read with pread instead of from the map).
+
+Then it saves once through the map of /proc/vmcore and once through pread and checks that
+the two files are the same bytes.  ``--profile`` adds ``python3 -X importtime`` and a
+cProfile of the default save; ``--codecs`` times every codec and zstd level on the same
+kept pages (benchmarks/crash_kernel_codecs.py); ``--runs 0`` skips the table.
 
 benchmarks/vmcore_save.py compares the same tools on the host, reading a page-cache-warm
 copy of a dump.  Here the baseline is /proc/vmcore itself: every read copies the old
@@ -25,7 +32,8 @@ times, many times those of real hardware and skewed towards CPU-heavy work; the 
 between rows of one run are the point.  The first run of each program also pays for
 QEMU's code translation, so the table reports the best of the runs.
 
-    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--runs 3]
+    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--runs 3] \
+        [--variant OPTIONS]... [--profile] [--codecs]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ INFO = "PYKEXEC-CKBENCH-INFO"
 FAIL = "PYKEXEC-CKBENCH-FAIL"
 DONE = "PYKEXEC-CKBENCH-DONE"
 PROFILE = "PYKEXEC-CKBENCH-PROFILE"
+SAME = "PYKEXEC-CKBENCH-SAME"
 OUT = "/tmp/out"
 HELP = "pykexec vmcore save --help"
 CAT = "cat /proc/vmcore > /dev/null"
@@ -70,7 +79,7 @@ PYKEXEC_DEFAULT = "pykexec vmcore save (zstd 1, -d 31)"
 # Runs in the crash kernel.  busybox has no usable `time`, so Python times each command;
 # one JSON line per run keeps the console parseable even with kernel messages around it.
 GUEST_TIMER = """\
-import json, os, platform, subprocess, sys, time
+import hashlib, json, os, platform, subprocess, sys, time
 
 with open("/testbed/ckbench.json") as f:
     COMMANDS = json.load(f)
@@ -109,6 +118,16 @@ for run in range(1, RUNS + 1):
         if os.path.exists(OUT):
             os.unlink(OUT)  # RAM is short: only one output at a time
         emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size})
+# The map of /proc/vmcore and pread(2) must save the same bytes (vmcore/elfcore.py).
+if RUNS:
+    outs = {}
+    for how in ("map", "pread"):
+        subprocess.run(["pykexec", "vmcore", "save", "--force", "/proc/vmcore", OUT],
+                       env=dict(os.environ, PYKEXEC_VMCORE_READ=how), check=True)
+        with open(OUT, "rb") as f:
+            outs[how] = hashlib.sha256(f.read()).hexdigest()
+        os.unlink(OUT)
+    emit("%(same)s", {"map_equals_pread": outs["map"] == outs["pread"], "sha256": outs})
 if os.path.exists("/testbed/ckprofile.json"):  # --profile: where the default save's time goes
     with open("/testbed/ckprofile.json") as f:
         argv = json.load(f)
@@ -122,7 +141,7 @@ if os.path.exists("/testbed/ckprofile.json"):  # --profile: where the default sa
     print("%(profile)s end", flush=True)
 if os.path.exists("/testbed/ckcodecs.py"):  # --codecs: each codec on the same kept pages
     subprocess.run(["python3", "/testbed/ckcodecs.py"])
-""" % {"info": INFO, "fail": FAIL, "result": RESULT, "profile": PROFILE}
+""" % {"info": INFO, "fail": FAIL, "result": RESULT, "profile": PROFILE, "same": SAME}
 
 CRASH_INIT = f"""echo "crash kernel up: $(uname -r) $(cat /proc/cmdline)"
 python3 /testbed/ckbench.py "$RUNS" {OUT}
@@ -193,6 +212,11 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
         rows.setdefault(r["name"], Row([], r["bytes"])).times.append(r["seconds"])
     if runs and set(rows) != {name for name, _ in commands}:
         raise SystemExit(f"results missing for {sorted({n for n, _ in commands} - set(rows))}")
+    same = re.search(rf"{SAME} (\{{.*\}})", run.log)
+    if runs:
+        if not same or not json.loads(same.group(1))["map_equals_pread"]:
+            raise SystemExit(f"the saves through the map and through pread differ: {same and same.group(1)}")
+        print("the save through the map of /proc/vmcore and through pread: same bytes")
     if codecs:
         print("codecs on the same kept pages (crash_kernel_codecs.py):")
         for m in re.finditer(r"PYKEXEC-CKCODEC (\{.*\})", run.log):
