@@ -31,6 +31,16 @@ def _address(text: str) -> int:
     return value
 
 
+def _profile(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a profile number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: profiles are numbered from 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="pykexec", add_help=False,
                usage="pykexec [-l|-p|-e|-u|-S] [options] [KERNEL]\n"
@@ -46,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("-u", "--unload", action="store_true", help="unload (with -p: the crash kernel)")
     act.add_argument("-S", "--status", action="store_true",
                      help="exit 1 if loaded, 0 if not (crash kernel, or normal with -l)")
-    p.add_argument("kernel", nargs="?", help="kernel image (bzImage or ELF vmlinux)")
+    p.add_argument("kernel", nargs="?", help="kernel image (bzImage, ELF vmlinux, UKI, multiboot)")
     opt = p.add_argument_group("load options")
     opt.add_argument("-t", "--type", help="image type: " + ", ".join(t.name for t in images.image_types()))
     opt.add_argument("--initrd", "--ramdisk", help="initial ramdisk")
@@ -56,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start from /proc/cmdline (without BOOT_IMAGE=, crashkernel=, kexec_jump_back_entry=)")
     opt.add_argument("--module", action="append", default=[], metavar='"FILE ARGS"',
                      help="multiboot module (repeatable)")
+    opt.add_argument("--uki-profile", type=_profile, metavar="N",
+                     help="UKI: boot profile N (.profile sections; default 0, as systemd-stub)")
+    opt.add_argument("--uki-addon", action="append", default=[], metavar="FILE.addon.efi",
+                     help="UKI: add this addon's .cmdline/.initrd/.ucode, as systemd-stub does (repeatable)")
     opt.add_argument("--mem-min", type=_address, default=0, help="lowest address to use")
     opt.add_argument("--mem-max", type=_address, default=(1 << 64) - 1, help="highest address to use")
     opt.add_argument("--pass-memmap-cmdline", action="store_true",
@@ -91,7 +105,8 @@ def request_from(args: argparse.Namespace) -> KexecRequest:
                         modules=tuple(args.module), crash=args.load_panic, image_type=args.type,
                         mem_min=args.mem_min, mem_max=args.mem_max, syscall=args.syscall or "auto",
                         xen_crash_efi=args.xen_crash_efi, pass_memmap_cmdline=args.pass_memmap_cmdline,
-                        purgatory_console=COM1_PORT if args.debug else 0)
+                        purgatory_console=COM1_PORT if args.debug else 0, uki_profile=args.uki_profile,
+                        uki_addons=tuple(args.uki_addon))
 
 
 def do_load(args: argparse.Namespace) -> int:
@@ -108,7 +123,9 @@ def do_load(args: argparse.Namespace) -> int:
     def show_plan(plan: LoadPlan, machine: Machine) -> None:
         print(render.render_text(plan, machine), file=sys.stderr)
 
-    kexec.load(request, log=log if args.debug else None, show_plan=show_plan if args.debug else None)
+    loaded = kexec.load(request, log=log if args.debug else None, show_plan=show_plan if args.debug else None)
+    for warning in loaded.warnings:
+        print(f"pykexec: warning: {warning}", file=sys.stderr)
     return 0
 
 

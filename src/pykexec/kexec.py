@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from pykexec.backends.protocol import Backend
     from pykexec.images.image_type import ImageType
+    from pykexec.images.uki import Unpacked
     from pykexec.machine import Machine, XenInfo
 
 # --reuse-cmdline drops what belongs to the running kernel's boot only.
@@ -137,7 +138,8 @@ def plan(request: KexecRequest, machine: Machine | None = None, backend: Backend
 
 def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: Backend) -> LoadPlan:
     """Plan the load of the already read ``image`` for ``backend``, then check it through
-    that backend."""
+    that backend. A UKI is unpacked first (:mod:`pykexec.images.uki`) and its ``.linux``
+    planned as a bzImage with the initrd and command line systemd-stub would give it."""
     if request.crash and machine.crash_kernel is None:
         raise UsageError(f"no crash kernel region is reserved on {machine.source} "
                          "(boot with crashkernel=SIZE, e.g. crashkernel=256M)")
@@ -149,10 +151,21 @@ def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: B
     if request.initrd and multiboot:
         raise UsageError("--initrd is for Linux images; pass the initrd of a multiboot kernel with --module")
     modules = [read_module(spec) for spec in request.modules]
+    kernel_path, kernel_data, initrd_path, image_type = request.kernel, image.data, request.initrd, image.type
+    unpacked = None
+    if image.type.name == "uki":
+        from pykexec.images import bzimage
+
+        unpacked = _unpack_uki(request, machine, image.data, initrd, cmdline)
+        kernel_data, initrd, cmdline = unpacked.kernel, unpacked.initrd, unpacked.cmdline
+        kernel_path, image_type = f"{request.kernel}:.linux", bzimage.BZIMAGE64
+        initrd_path = f"{request.kernel}:initrd" if initrd is not None else None
+    elif request.uki_profile is not None or request.uki_addons:
+        raise UsageError(f"--uki-profile and --uki-addon are for UKIs; {request.kernel} is {image.type.name}")
     if uses_xen_crash_efi(request, machine):
         from pykexec import xen_crash_efi
 
-        req = LoadRequest(request.kernel, image.data, machine, cmdline=cmdline, initrd_path=request.initrd,
+        req = LoadRequest(kernel_path, kernel_data, machine, cmdline=cmdline, initrd_path=initrd_path,
                           initrd=initrd, crash=True, mem_min=request.mem_min, mem_max=request.mem_max,
                           backend=backend.name)
         result = xen_crash_efi.plan(req)
@@ -160,24 +173,50 @@ def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: B
             why = "Secure Boot is on" if machine.secure_boot else f"lockdown is {machine.lockdown}"
             result.notes.insert(0, f"CRASH_EFI chosen because {why}: Xen must not run unsigned purgatory")
     elif backend.name == "kexec_file_load":
-        if not image.type.file_load:
-            raise UsageError(f"kexec_file_load cannot load {image.type.name} images; use -c")
+        if not image_type.file_load:
+            raise UsageError(f"kexec_file_load cannot load {image_type.name} images; use -c")
         # The kernel parses the file itself: refuse here what it would refuse with a bare errno.
         from pykexec.images.bzimage import check_bzimage
         from pykexec.layouts.boot_params import check_cmdline
 
-        check_cmdline(check_bzimage(image.data, request.kernel), cmdline.encode(), file_load=True)
-        result = LoadPlan(image_type=image.type.name, backend=backend.name, crash=request.crash, cmdline=cmdline,
-                          file_inputs=FileLoadInputs(request.kernel, request.initrd, cmdline))
+        check_cmdline(check_bzimage(kernel_data, kernel_path), cmdline.encode(), file_load=True)
+        inputs = FileLoadInputs(kernel_path, initrd_path, cmdline)
+        if unpacked is not None:  # not files: handed over in memory files
+            inputs = FileLoadInputs(kernel_path, initrd_path, cmdline, kernel_data, initrd)
+        result = LoadPlan(image_type=image_type.name, backend=backend.name, crash=request.crash, cmdline=cmdline,
+                          file_inputs=inputs)
     else:
-        req = LoadRequest(kernel_path=request.kernel, kernel=image.data, machine=machine, cmdline=cmdline,
-                          initrd_path=request.initrd, initrd=initrd, crash=request.crash,
+        req = LoadRequest(kernel_path=kernel_path, kernel=kernel_data, machine=machine, cmdline=cmdline,
+                          initrd_path=initrd_path, initrd=initrd, crash=request.crash,
                           mem_min=request.mem_min, mem_max=request.mem_max, backend=backend.name,
                           purgatory_console=request.purgatory_console,
                           memmap_cmdline=request.pass_memmap_cmdline, modules=modules)
-        result = image.type.plan(req)
+        result = image_type.plan(req)
+    if unpacked is not None:
+        from pykexec.images import uki
+
+        uki.describe(result, unpacked)
     backend.check(result, machine)
     return result
+
+
+def _unpack_uki(request: KexecRequest, machine: Machine, data: bytes, initrd: bytes | None,
+                cmdline: str) -> Unpacked:
+    """The UKI's kernel, initrd and command line as systemd-stub assembles them, the
+    user's --initrd and command line (if any was given) taking the stub's places for a
+    boot loader's initrd and command line."""
+    from pykexec.images import uki
+
+    locked = None
+    if machine.secure_boot:
+        locked = f"Secure Boot is on ({machine.source})"
+    elif machine.lockdown != "none":
+        locked = f"the kernel is locked down ({machine.lockdown})"
+    given = request.append is not None or request.reuse_cmdline
+    addons = [(path, read_input(path, "UKI addon")) for path in request.uki_addons]
+    return uki.unpack(data, request.kernel, profile=request.uki_profile, addons=addons,
+                      user_initrd=(request.initrd, initrd) if request.initrd and initrd is not None else None,
+                      user_cmdline=cmdline if given else None, locked=locked)
 
 
 # --- acting on the running system -------------------------------------------------------

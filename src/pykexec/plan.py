@@ -47,14 +47,19 @@ class Segment:
         return self._sha256
 
 
-class FileLoadInputs(namedtuple("FileLoadInputs", "kernel initrd cmdline")):
+class FileLoadInputs(namedtuple("FileLoadInputs", "kernel initrd cmdline kernel_data initrd_data",
+                                defaults=(None, None))):
     """What kexec_file_load receives (paths and command line): the kernel places
-    everything itself."""
+    everything itself. ``kernel_data``/``initrd_data``, when set, are handed over in
+    memory files instead of the paths, which then only name them (a UKI's .linux and
+    assembled initrd)."""
 
     __slots__ = ()
     kernel: str
     initrd: str | None
     cmdline: str
+    kernel_data: bytes | None
+    initrd_data: bytes | None
 
 
 class LoadPlan:
@@ -62,7 +67,8 @@ class LoadPlan:
 
     def __init__(self, image_type: str, backend: str, *, crash: bool = False, entry: int | None = None,
                  segments: list[Segment] | None = None, cmdline: str = "", kernel_entry: int | None = None,
-                 file_inputs: FileLoadInputs | None = None, notes: list[str] | None = None) -> None:
+                 file_inputs: FileLoadInputs | None = None, notes: list[str] | None = None,
+                 warnings: list[str] | None = None, uki: dict[str, object] | None = None) -> None:
         self.image_type = image_type
         self.backend = backend
         self.crash = crash
@@ -72,6 +78,10 @@ class LoadPlan:
         self.kernel_entry = kernel_entry  # where purgatory jumps (informational)
         self.file_inputs = file_inputs
         self.notes = notes if notes is not None else []
+        # What the user must hear even on a real load (an option that was ignored).
+        self.warnings = warnings if warnings is not None else []
+        # A Unified Kernel Image's sections, initrd parts and command line source.
+        self.uki = uki
 
     def sorted_segments(self) -> list[Segment]:
         return sorted(self.segments, key=lambda s: s.mem)
@@ -82,9 +92,9 @@ class LoadPlan:
         if self.backend == BACKEND_KEXEC_FILE_LOAD and self.file_inputs is not None:
             # The kernel chooses the addresses; we can only describe what we hand it.
             fi = self.file_inputs
-            segs = [_file_seg("kernel", fi.kernel)]
+            segs = [_file_seg("kernel", fi.kernel, fi.kernel_data)]
             if fi.initrd is not None:
-                segs.append(_file_seg("initrd", fi.initrd))
+                segs.append(_file_seg("initrd", fi.initrd, fi.initrd_data))
             cmd = fi.cmdline.encode() + b"\0"
             segs.append({"mem": None, "memsz": None, "bufsz": hex(len(cmd)), "role": "cmdline",
                          "sha256": hashlib.sha256(cmd).hexdigest()})
@@ -106,10 +116,15 @@ class LoadPlan:
             "cmdline": self.cmdline,
             "segments": self.segment_docs(),
             "notes": list(self.notes),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
+            **({"uki": self.uki} if self.uki is not None else {}),
         }
 
 
-def _file_seg(role: str, path: str | os.PathLike[str]) -> dict[str, str | None]:
+def _file_seg(role: str, path: str | os.PathLike[str], data: bytes | None = None) -> dict[str, str | None]:
+    if data is not None:
+        return {"mem": None, "memsz": None, "bufsz": hex(len(data)), "role": role,
+                "sha256": hashlib.sha256(data).hexdigest()}
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:

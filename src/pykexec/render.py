@@ -22,6 +22,8 @@ def render_text(plan: LoadPlan, machine: Machine) -> str:
         else:
             lines.append(f"parameters: {plan.entry:#x} (boot_params; Xen enters the kernel){via}")
     lines.append(f"command line: {plan.cmdline!r}")
+    if plan.uki is not None:
+        lines += _uki_lines(plan.uki)
     lines.append("")
     lines.append(f"{'role':<12} {'mem':<18} {'memsz':<11} {'bufsz':<11} sha256")
     for seg in plan.segment_docs():
@@ -42,4 +44,30 @@ def render_text(plan: LoadPlan, machine: Machine) -> str:
         lines.append(f"  crash kernel region: {machine.crash_kernel}")
     for note in plan.notes:
         lines.append(f"note: {note}")
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _uki_lines(uki: dict[str, object]) -> list[str]:
+    """What a UKI load uses: its OS, profile, command line source, sections, initrd parts."""
+    profile = f"profile {uki['profile']}"
+    if uki.get("profile_title"):
+        profile += f" ({uki['profile_title']})"
+    count = uki.get("profiles") or 0
+    lines = [f"UKI: {uki.get('pretty_name') or '(no .osrel PRETTY_NAME)'}    {profile} of "
+             f"{count if count else 'none (profile 0 implied)'}"
+             f"{'    uname ' + str(uki['uname']) if uki.get('uname') else ''}",
+             f"command line from: {uki['cmdline_from']}"]
+    addons = uki.get("addons") or []
+    if isinstance(addons, list) and addons:
+        lines.append(f"addons: {', '.join(str(a) for a in addons)}")
+    for title, key in (("UKI sections used", "sections"), ("initrd, in order", "initrd")):
+        parts = uki.get(key)
+        if not isinstance(parts, list) or not parts:
+            continue
+        lines.append(f"{title}:")
+        for part in parts:
+            lines.append(f"  {str(part['section']):<34} {str(part['from']):<14} {part['size']:>10}  "
+                         f"{str(part['sha256'])[:16]}")
+    return lines

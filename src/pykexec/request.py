@@ -24,13 +24,15 @@ ADDRESS_MAX = (1 << 64) - 1
 
 class KexecRequest(namedtuple("KexecRequest", ["kernel", "initrd", "append", "reuse_cmdline", "modules", "crash",
                                                "image_type", "mem_min", "mem_max", "syscall", "xen_crash_efi",
-                                               "pass_memmap_cmdline", "purgatory_console"],
-                              defaults=(None, None, False, (), False, None, 0, ADDRESS_MAX, "auto", False, False, 0))):
+                                               "pass_memmap_cmdline", "purgatory_console", "uki_profile", "uki_addons"],
+                              defaults=(None, None, False, (), False, None, 0, ADDRESS_MAX, "auto", False, False, 0,
+                                        None, ()))):
     """A load as a user asks for it. ``syscall``: ``"auto"`` (kexec_file_load, falling
     back to kexec_load where allowed: kexec-tools' -a), ``"file"`` (-s) or ``"load"`` (-c);
     in a Xen dom0 the hypervisor loads every image. ``modules`` are ``"FILE ARGS"``
     strings as ``--module`` takes them. ``purgatory_console`` is the I/O port of the UART
-    purgatory reports on (0: silent).
+    purgatory reports on (0: silent). ``uki_profile`` (None: the default, 0) and
+    ``uki_addons`` (paths) are for Unified Kernel Images.
 
     (A named tuple, not a dataclass: importing dataclasses costs the command line
     several milliseconds.)"""
@@ -49,6 +51,8 @@ class KexecRequest(namedtuple("KexecRequest", ["kernel", "initrd", "append", "re
     xen_crash_efi: bool
     pass_memmap_cmdline: bool
     purgatory_console: int
+    uki_profile: int | None
+    uki_addons: tuple[str, ...]
 
     def __new__(cls, *args: object, **kwargs: object) -> KexecRequest:
         self = super().__new__(cls, *args, **kwargs)
@@ -56,6 +60,8 @@ class KexecRequest(namedtuple("KexecRequest", ["kernel", "initrd", "append", "re
             raise UsageError(f"unknown syscall choice {self.syscall!r}; one of {', '.join(SYSCALLS)}")
         if self.mem_min > self.mem_max:
             raise UsageError(f"--mem-min {self.mem_min:#x} is above --mem-max {self.mem_max:#x}")
+        if self.uki_profile is not None and self.uki_profile < 0:
+            raise UsageError(f"--uki-profile {self.uki_profile}: profiles are numbered from 0")
         return self
 
 

@@ -124,7 +124,7 @@ class _Recorder:
         self.file_errno = file_errno
         self.calls: list[str] = []
 
-    def kexec_file_load(self, kernel, initrd, cmdline, crash):
+    def kexec_file_load(self, kernel, initrd, cmdline, crash, *in_memory):
         self.calls.append("kexec_file_load")
         return self.file_errno
 

@@ -127,29 +127,48 @@ def kexec_load(plan: LoadPlan) -> None:
         raise SyscallError(explain(err, "kexec_load", plan), err, "kexec_load")
 
 
-def kexec_file_load(kernel: str, initrd: str | None, cmdline: str, crash: bool) -> int:
-    """Returns 0 or the errno (so -a can decide to fall back); raises on file errors."""
+def kexec_file_load(kernel: str, initrd: str | None, cmdline: str, crash: bool,
+                    kernel_data: bytes | None = None, initrd_data: bytes | None = None) -> int:
+    """Returns 0 or the errno (so -a can decide to fall back); raises on file errors.
+    ``kernel_data``/``initrd_data`` go in memory files (a UKI's parts), the paths then
+    only name them."""
     flags = abi.KEXEC_FILE_ON_CRASH if crash else 0
     if initrd is None:
         flags |= abi.KEXEC_FILE_NO_INITRAMFS
     cmd = cmdline.encode() + b"\0"
-    try:
-        kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise KexecError(f"cannot open {kernel}: {e.strerror}") from None
+    kfd = _open_input(kernel, kernel_data)
     ifd = -1
     try:
         if initrd is not None:
-            try:
-                ifd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise KexecError(f"cannot open {initrd}: {e.strerror}") from None
+            ifd = _open_input(initrd, initrd_data)
         return _call(abi.NR_KEXEC_FILE_LOAD, ctypes.c_int(kfd), ctypes.c_int(ifd), ctypes.c_ulong(len(cmd)),
                      ctypes.c_char_p(cmd), ctypes.c_ulong(flags))
     finally:
         os.close(kfd)
         if ifd >= 0:
             os.close(ifd)
+
+
+def _open_input(path: str, data: bytes | None) -> int:
+    """A read-only fd on the file ``path``, or on a memory file holding ``data``."""
+    if data is None:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise KexecError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        fd = os.memfd_create(os.path.basename(path)[:200] or "pykexec", os.MFD_CLOEXEC)
+    except OSError as e:
+        raise KexecError(f"cannot create a memory file for {path}: {e.strerror}") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as e:
+        os.close(fd)
+        raise KexecError(f"cannot fill the memory file for {path}: {e.strerror}") from None
+    return fd
 
 
 def unload(crash: bool, use_file_syscall: bool | None) -> None:
@@ -260,7 +279,7 @@ class KexecFileLoad(_KexecSyscalls):
         fi = plan.file_inputs
         if fi is None:
             raise PlanError("a kexec_file_load plan names the files the kernel reads (no file inputs given)")
-        err = kexec_file_load(fi.kernel, fi.initrd, fi.cmdline, plan.crash)
+        err = kexec_file_load(fi.kernel, fi.initrd, fi.cmdline, plan.crash, fi.kernel_data, fi.initrd_data)
         if err:
             raise SyscallError(explain(err, "kexec_file_load"), err, "kexec_file_load")
 

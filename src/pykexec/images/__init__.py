@@ -9,10 +9,12 @@ from pykexec.images.image_type import ImageType
 
 def _table() -> list[ImageType]:
     # Imported on first use: the loaders cost imports a vmcore command does not need.
-    from pykexec.images import bzimage, elf, multiboot, multiboot2
+    from pykexec.images import bzimage, elf, multiboot, multiboot2, uki
 
     # kexec-tools' x86_64 order: a Xen image (ELF32 with both headers) is Multiboot 2.
-    return [multiboot2.MULTIBOOT2_X86, elf.ELF_X86_64, multiboot.MULTIBOOT_X86, bzimage.BZIMAGE64]
+    # A UKI (a PE file, "MZ") before bzImage64: the bzImage inside it is in .linux, and
+    # a bzImage is itself a PE file (its EFI stub) without one.
+    return [multiboot2.MULTIBOOT2_X86, elf.ELF_X86_64, multiboot.MULTIBOOT_X86, uki.UKI, bzimage.BZIMAGE64]
 
 
 def image_types() -> list[ImageType]:
