@@ -1,5 +1,7 @@
-"""How ``vmcore save`` copies pages out of a dump (:meth:`ElfCore.readinto`): from the
-file's map for /proc/vmcore on x86_64, with pread(2) otherwise; both give the same dump."""
+"""How ``vmcore save`` copies pages out of a dump (:meth:`ElfCore.readinto`): from maps of
+windows of /proc/vmcore on x86_64 (:class:`~pykexec.vmcore.mapping.MapWindows`), with
+pread(2) otherwise; both give the same dump, and a window that cannot be mapped is read
+with pread."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pykexec.vmcore import elfcore
+from pykexec.vmcore import elfcore, mapping
 from pykexec.vmcore.elfcore import ElfCore
 from pykexec.vmcore.save import save
 
@@ -22,8 +24,16 @@ def _save_bytes(src: Path, dst: Path, monkeypatch: pytest.MonkeyPatch, how: str,
     return dst.read_bytes()
 
 
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows of 16 pages, 3 kept: the synthetic dump spans many, and they get dropped."""
+    monkeypatch.setattr(mapping, "WINDOW", 16 * PAGE)
+    monkeypatch.setattr(mapping, "KEEP", 3)
+
+
 @pytest.mark.parametrize("fmt", ["kdump", "elf"])
-def test_map_and_pread_write_the_same_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+def test_map_and_pread_write_the_same_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_windows: None,
+                                           fmt: str) -> None:
     src, _ = machine(tmp_path)
     mapped = _save_bytes(src, tmp_path / "map", monkeypatch, "map", fmt)
     pread = _save_bytes(src, tmp_path / "pread", monkeypatch, "pread", fmt)
@@ -59,3 +69,34 @@ def test_only_procfs_on_x86_64_is_copied_from_the_map(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PYKEXEC_VMCORE_READ", "pread")
     monkeypatch.setattr(os, "uname", lambda: SimpleNamespace(machine="x86_64"))
     assert not elfcore._copy_from_map(proc)
+
+
+def test_windows_give_the_file_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_windows: None) -> None:
+    src, _ = machine(tmp_path)
+    raw = src.read_bytes()
+    win = mapping.MapWindows(str(src), 64, lambda size: "small")
+    try:
+        assert win.size == len(raw)
+        cases = [(0, 64), (16 * PAGE - 8, 16), (5 * PAGE + 3, 40 * PAGE), (len(raw) - 10, 100), (len(raw), 8)]
+        for offset, size in cases * 2:   # twice: from kept windows and from dropped ones
+            assert bytes(win.view(offset, size)) == raw[offset:offset + size]
+            buf = bytearray(size)
+            assert win.readinto(memoryview(buf), offset) == len(raw[offset:offset + size])
+            assert bytes(buf[:len(raw[offset:offset + size])]) == raw[offset:offset + size]
+        assert len(win._windows) <= mapping.KEEP
+        held = win.view(PAGE, 8)   # a view still alive when the windows close
+    finally:
+        win.close()
+    assert bytes(held) == raw[PAGE:PAGE + 8]
+
+
+def test_window_that_cannot_be_mapped_is_read_with_pread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         small_windows: None) -> None:
+    src, _ = machine(tmp_path)
+    expected = _save_bytes(src, tmp_path / "pread", monkeypatch, "pread", "kdump")
+
+    def no_map(*args: object, **kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")   # mmap_vmcore's -EAGAIN
+
+    monkeypatch.setattr(mapping.mmap, "mmap", no_map)
+    assert _save_bytes(src, tmp_path / "map", monkeypatch, "map", "kdump") == expected

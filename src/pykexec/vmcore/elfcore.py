@@ -15,8 +15,10 @@ Address translation, as vmcore-dmesg does it:
   ``addr - PAGE_OFFSET + PHYS_OFFSET``, and looked up by ``p_paddr``;
 * physical: the first PT_LOAD whose ``[p_paddr, p_paddr + p_memsz)`` covers it.
 
-Pages for ``vmcore save`` (:meth:`ElfCore.readinto`) are copied out of the map
-when the file is ``/proc/vmcore`` on x86_64, else read with pread(2).  A read of
+``/proc/vmcore`` on x86_64 is mapped a window at a time
+(:class:`~pykexec.vmcore.mapping.MapWindows`) and the pages of ``vmcore save``
+(:meth:`ElfCore.readinto`) are copied out of those maps; other files are mapped whole
+and their pages read with pread(2).  A read of
 /proc/vmcore copies each page through ``copy_oldmem_page``, which maps and unmaps
 it (ioremap, a TLB flush) on every call: 3x makedumpfile's time in a crash kernel.
 The map is safe there (fs/proc/vmcore.c): ``mmap_vmcore`` installs every page table
@@ -56,7 +58,7 @@ from pykexec.layouts.elf import (
     iter_notes,
 )
 from pykexec.vmcore.errors import VmcoreError
-from pykexec.vmcore.mapping import map_readonly
+from pykexec.vmcore.mapping import MapWindows, map_readonly
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 TYPE_CHECKING = False
@@ -121,6 +123,7 @@ class ElfCore:
         self._map: mmap.mmap | None = None
         self._source = source
         self._fd = -1  # for readinto, opened on first use
+        self._windows: MapWindows | None = None
         #: readinto copies from the map (not pread): see the module's docstring.
         self.copy_from_map = False
         if source is not None:
@@ -138,11 +141,19 @@ class ElfCore:
             raise
 
     def _map_file(self) -> None:
-        self._map = map_readonly(self.path, EHDR64_FMT.size, lambda size: f"not an ELF file (only {size} bytes)")
+        def too_small(size: int) -> str:
+            return f"not an ELF file (only {size} bytes)"
+
+        self.copy_from_map = _copy_from_map(self.path)
+        if self.copy_from_map:  # /proc/vmcore: a window at a time (MapWindows says why)
+            self._windows = MapWindows(self.path, EHDR64_FMT.size, too_small)
+            self.size = self._windows.size
+            self._view = self._windows.view
+            return
+        self._map = map_readonly(self.path, EHDR64_FMT.size, too_small)
         self._mv = memoryview(self._map)
         self.size = len(self._mv)
         self._view = self._map_view
-        self.copy_from_map = _copy_from_map(self.path)
 
     def _map_view(self, offset: int, size: int) -> Buffer:
         return self._mv[offset:offset + size]
@@ -329,16 +340,17 @@ class ElfCore:
         whose errors (EIO) are an OSError where the map of a regular file raises SIGBUS."""
         if self._source is not None:
             return self._source.readinto(buf, offset)
-        if self.copy_from_map:
-            n = max(0, min(len(buf), self.size - offset))
-            buf[:n] = self._mv[offset:offset + n]
-            return n
+        if self._windows is not None:
+            return self._windows.readinto(buf, offset)
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         return os.preadv(self._fd, [buf], offset)
 
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:
+        if self._windows is not None:
+            self._windows.close()
+            self._windows = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
