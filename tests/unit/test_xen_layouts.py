@@ -87,3 +87,21 @@ def test_parse_crash_xen_info_all_generations() -> None:
     assert (v0.xen_phys_start, v0.dom0_p2m_root) == (None, None)
     with pytest.raises(ValueError, match="expected 64, 72 or 80"):
         abi.parse_crash_xen_info(b"\0" * 60)
+
+
+def test_page_info_count_info_bits_per_release() -> None:
+    """PG_mask(x, idx) = x << (64 - idx) (xen/arch/x86/include/asm/mm.h); 4.17 moved
+    PGC_broken from idx 7 to 4 and PGC_state from 9 to 6."""
+    from pykexec.layouts import xen as X
+
+    def pg_mask(x: int, idx: int) -> int:
+        return x << (64 - idx)
+
+    assert (X.PGC_ALLOCATED, X.PGC_XEN_HEAP) == (pg_mask(1, 1), pg_mask(1, 2)) == (0x8000000000000000,
+                                                                                  0x4000000000000000)
+    new, old = X.pgc_layout(4, 17), X.pgc_layout(4, 16)
+    assert new is X.pgc_layout(4, 20) and old is X.pgc_layout(4, 4) and X.pgc_layout(4, 3) is None
+    assert new is not None and old is not None
+    assert new.broken == pg_mask(1, 4) == 0x1000000000000000 and 3 << new.state_shift == pg_mask(3, 6)
+    assert old.broken == pg_mask(1, 7) == 0x0200000000000000 and 3 << old.state_shift == pg_mask(3, 9)
+    assert (X.DOMID_IO, X.DOMID_XEN, X.DOMID_COW) == (0x7FF1, 0x7FF2, 0x7FF3)

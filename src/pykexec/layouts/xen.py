@@ -127,6 +127,44 @@ XEN_ELFNOTE_CRASH_REGS = 0x1000002  # crash_xen_core_t, every pCPU
 XEN_NOTE_NAME = b"Xen"
 VMCOREINFO_XEN_NOTE_NAME = b"VMCOREINFO_XEN"
 
+# --- Xen's frame table: struct page_info's count_info (xen/arch/x86/include/asm/mm.h) ----------
+# Flags count down from the top bit (``PG_shift(idx) = 64 - idx``).  Xen 4.17 moved
+# PGC_broken and the page state up (4.4-4.16: broken PG_mask(1, 7), state PG_mask(3, 9);
+# 4.17-4.20 and master: broken PG_mask(1, 4), state PG_mask(3, 6)).  Checked per release tag.
+PGC_ALLOCATED = 1 << 63   # PG_mask(1, 1): a domain's page (cleared when the domain frees it)
+PGC_XEN_HEAP = 1 << 62    # PG_mask(1, 2): Xen heap page
+
+
+class PgcState(namedtuple("PgcState", "broken state_shift")):
+    """Where one Xen release keeps PGC_broken (a mask) and the 2-bit page state
+    (``count_info >> state_shift & 3``: 0 inuse, 1 offlining, 2 offlined, 3 free)."""
+
+    __slots__ = ()
+    broken: int
+    state_shift: int
+
+
+PGC_4_4 = PgcState(1 << 57, 55)
+PGC_4_17 = PgcState(1 << 60, 58)
+PGC_STATE_INUSE, PGC_STATE_OFFLINING, PGC_STATE_OFFLINED, PGC_STATE_FREE = range(4)
+
+
+def pgc_layout(major: int, minor: int) -> PgcState | None:
+    """The count_info layout of Xen ``major.minor``; None before 4.4 (not checked)."""
+    if (major, minor) >= (4, 17):
+        return PGC_4_17
+    if (major, minor) >= (4, 4):
+        return PGC_4_4
+    return None
+
+
+#: Xen's own pseudo-domains (public/xen.h): owners of Xen's shared and I/O pages.
+DOMID_IO = 0x7FF1
+DOMID_XEN = 0x7FF2
+DOMID_COW = 0x7FF3
+#: Xen's 1:1 map of machine memory (x86_64 without CONFIG_BIGMEM): ``pdx_to_virt``.
+DIRECTMAP_VIRT_START = 0xFFFF830000000000
+
 
 # --- structures ---------------------------------------------------------------------------
 class XenKexecExec(ctypes.LittleEndianStructure):

@@ -271,6 +271,21 @@ class _Number(argparse.Action):
             raise UsageError(f"{option_string} needs a number, not {text!r}") from None
 
 
+class _DomainIds(argparse.Action):
+    """A repeatable Xen domain id (0 to 0x7fef, decimal or 0x-hex)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        text = str(values)
+        try:
+            value = int(text, 0)
+        except ValueError:
+            value = -1
+        if not 0 <= value < 0x7FF0:
+            raise UsageError(f"{option_string} needs a domain id (0 to 32751), not {text!r}")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), value])
+
+
 def save_parser() -> Parser:
     parser = _parser("save", SAVE_DESCRIPTION, SAVE_EPILOG)
     unset = argparse.SUPPRESS  # options not given stay out: save()'s defaults apply
@@ -301,6 +316,9 @@ def save_parser() -> Parser:
                         help="makedumpfile's spelling of --compress lzo")
     parser.add_argument("-p", dest="compress", action="store_const", const="snappy", default=unset,
                         help="makedumpfile's spelling of --compress snappy")
+    parser.add_argument("--xen-keep-domain", dest="xen_keep_domains", action=_DomainIds, metavar="ID", default=unset,
+                        help="a Xen dump: keep this domain's pages too (repeatable); by default Xen's and dom0's "
+                             "are kept, other domains' left out (dump level bit 8)")
     parser.add_argument("-f", "--force", action="store_true", default=unset, help="overwrite DST if it exists")
     parser.add_argument("operands", nargs="*", metavar="SRC DST",
                         help="the dump to read (/proc/vmcore, an ELF core) and the file to write "

@@ -16,11 +16,13 @@ What is left out (makedumpfile's dump levels, ``-d``):
   (missing keys) are kept, with a one-line notice.
 
 Xen dumps (``/proc/vmcore`` of a Xen machine: Xen's crash-info note, p_paddr
-machine addresses) are saved with zero pages left out only: free pages are
-dom0's and Xen's business and dom0's ``struct page`` array is indexed by
-pseudo-physical frame, so nothing in the dump's VMCOREINFO may be used to drop
-machine frames.  Every note (Xen's, VMCOREINFO_XEN, dom0's VMCOREINFO, pykexec's)
-is kept, so ``vmcore dmesg [--xen]`` works on the result.
+machine addresses) are filtered by Xen's frame table, from VMCOREINFO_XEN alone
+(:mod:`pykexec.vmcore.xen_filter`): bit 16 leaves out Xen's free frames, bit 8 the
+frames of domains other than dom0 (a guest's memory is user data to the host;
+``xen_keep_domains`` keeps named ones); Xen's own frames and dom0's are kept whole
+(dom0's struct pages count pseudo-physical frames: its cache and free pages are not
+told apart).  Every note (Xen's, VMCOREINFO_XEN, dom0's VMCOREINFO, pykexec's) is
+kept, so ``vmcore dmesg [--xen]`` works on the result.
 
 DST is written in place (no temporary name) and flagged incomplete until its
 last write: whatever was saved stays useful.
@@ -55,8 +57,7 @@ COMPRESSIONS = ("zstd", "zlib", "lzo", "snappy", "none")
 #: lzo and snappy have one (makedumpfile's).
 LEVELS = {"zstd": (-50, 19), "zlib": (1, 9), "lzo": (1, 1), "snappy": (1, 1)}
 FORMATS = ("kdump", "elf")
-XEN_FILTER_NOTE = ("a Xen dump: only zero pages are left out (dom0's struct pages count pseudo-physical "
-                   "frames, the dump machine frames)")
+XEN_CACHE_NOTE = "a Xen dump: dom0's pages are kept whole (its cache and user pages are not told apart)"
 
 
 class SaveResult:
@@ -173,13 +174,30 @@ def _is_xen(core: ElfCore) -> bool:
     return is_xen_dump(core.notes)
 
 
+def _xen_left_out(core: ElfCore, ram: list[tuple[int, int]], dump_level: int, keep: Sequence[int],
+                  result: SaveResult) -> list[tuple[int, int]]:
+    """The frames of a Xen dump that ``dump_level`` leaves out; counts and notes in ``result``."""
+    from pykexec.vmcore.xen_filter import xen_excluded_pages
+
+    drop_free, drop_guests = bool(dump_level & L.DL_EXCLUDE_FREE), bool(dump_level & L.DL_EXCLUDE_USER_DATA)
+    notes = [XEN_CACHE_NOTE] if dump_level & (L.DL_EXCLUDE_CACHE | L.DL_EXCLUDE_CACHE_PRI) else []
+    if not (drop_free or drop_guests):
+        result.filter_note = "; ".join(notes)
+        return []
+    ex = xen_excluded_pages(core, ram, drop_free=drop_free, drop_guests=drop_guests, keep_domains=keep)
+    result.excluded.update(ex.counts)
+    result.filter_note = "; ".join([ex.note, *notes] if ex.note else notes)
+    return ex.ranges
+
+
 def save(src: str, dst: str | int, *, compress: str = "zstd", level: int = 1, dump_level: int = DEFAULT_DUMP_LEVEL,
          force: bool = False, threads: int | None = None, progress: bool | None = None,
-         fmt: str = "kdump") -> SaveResult:
+         fmt: str = "kdump", xen_keep_domains: Sequence[int] = ()) -> SaveResult:
     """Write ``src`` (an ELF core, e.g. /proc/vmcore, or a flattened stream of one) to
     ``dst`` in kdump-compressed format (``fmt="kdump"``) or as a filtered ELF core
     (``fmt="elf"``).  ``dst`` ``"-"`` (standard output) or a file descriptor (a pipe)
-    gets the same file as a flattened stream (makedumpfile -F).
+    gets the same file as a flattened stream (makedumpfile -F).  ``xen_keep_domains``:
+    ids of domains whose frames a Xen dump keeps besides dom0's.
 
     Returns a :class:`SaveResult`; ``result.incomplete`` is non-empty (and
     the file flagged) if the copy stopped early.  Raises :class:`UsageError`
@@ -227,8 +245,9 @@ def save(src: str, dst: str | int, *, compress: str = "zstd", level: int = 1, du
             tables: PageTables | None = None
             left_out: list[tuple[int, int]] = []
             if xen:
-                if dump_level & PAGE_STRUCT_BITS:
-                    result.filter_note = XEN_FILTER_NOTE
+                left_out = _xen_left_out(core, ram, dump_level, xen_keep_domains, result)
+            elif xen_keep_domains:
+                raise UsageError("--xen-keep-domain applies to dumps of a Xen machine only")
             else:
                 assert info is not None
                 try:

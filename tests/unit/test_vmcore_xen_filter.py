@@ -1,0 +1,152 @@
+"""Filtering a Xen dump by Xen's frame table (VMCOREINFO_XEN only), on synthetic machine memory.
+
+The machine of :mod:`test_vmcore_xen_synth` (1024 frames) gets a frame table in Xen's
+page tables, three domains (dom0, domU 1, dom_xen) in the direct map, and page_infos
+of every kind; the expected frames are written out by hand, per Xen release layout
+(4.16's count_info bits differ from 4.17's).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from test_vmcore_xen_synth import (
+    DOMAIN_LIST_VA,
+    IMG,
+    MACHINE_FRAMES,
+    PAGE,
+    PGD_L4_VA,
+    XEN_PHYS_START,
+    Machine,
+    write_machine_core,
+)
+
+from pykexec.layouts.elf import pack_note
+from pykexec.layouts.xen import DIRECTMAP_VIRT_START, DOMID_XEN, XEN_ELFNOTE_CRASH_INFO
+from pykexec.vmcore import cli
+from pykexec.vmcore.elfcore import ElfCore
+from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.kdump import KdumpCore
+from pykexec.vmcore.save import save
+from pykexec.vmcore.xen_filter import xen_excluded_pages
+
+FT_VA = 0xFFFF82E000000000       # the frame table (FRAMETABLE_VIRT_START of Xen 4.17)
+FT_FRAMES = range(0x1F0, 0x1F8)  # 1024 page_infos of 32 bytes: 8 frames
+FRAME_TABLE_VAR, MAX_PAGE_VAR = IMG + 0x400, IMG + 0x408
+DOM0_MFN, DOMU_MFN, DOMXEN_MFN = 0x3F1, 0x3F2, 0x3F3
+PGD_MFN = (XEN_PHYS_START + PGD_L4_VA - IMG) // PAGE
+INFO = (f"PAGESIZE=4096\nSYMBOL(domain_list)={DOMAIN_LIST_VA:x}\nSYMBOL(frame_table)={FRAME_TABLE_VAR:x}\n"
+        f"SYMBOL(max_page)={MAX_PAGE_VAR:x}\nSIZE(page_info)=32\nSIZE(domain)=2304\n"
+        "OFFSET(page_info.count_info)=8\nOFFSET(page_info._domain)=24\nOFFSET(domain.domain_id)=0\n"
+        f"OFFSET(domain.next_in_list)=136\nSYMBOL(pgd_l4)={PGD_L4_VA:x}\n").encode()
+ALLOCATED, XEN_HEAP = 1 << 63, 1 << 62
+#: (broken, state shift) per layout
+LAYOUTS = {(4, 17): (1 << 60, 58), (4, 16): (1 << 57, 55)}
+
+# The frames, by kind (everything else: in use by Xen, unowned -> kept).
+DOM0_FRAMES = range(0x100, 0x180)
+DOMU_FRAMES = range(0x180, 0x1F0)
+FREE_FRAMES = range(0x300, 0x310)
+HEAP_FREE, BROKEN, OFFLINED, OFFLINING, NO_OWNER, DOMXEN_OWNED, OWNER_UNMAPPED = range(0x310, 0x317)
+
+
+def xen_machine(tmp_path: Path, version: tuple[int, int] = (4, 17), info: bytes = INFO) -> Path:
+    m = Machine()
+    broken, shift = LAYOUTS[version]
+
+    def page_info(mfn: int, count_info: int, owner_pdx: int = 0) -> None:
+        va_off = mfn * 32
+        frame = FT_FRAMES[va_off // PAGE]
+        struct.pack_into("<QI", m.mem, frame * PAGE + va_off % PAGE + 8, count_info, 0)
+        struct.pack_into("<I", m.mem, frame * PAGE + va_off % PAGE + 24, owner_pdx)
+
+    for i, frame in enumerate(FT_FRAMES):
+        m.map4k(PGD_MFN, FT_VA + i * PAGE, frame)
+    for mfn in (DOM0_MFN, DOMU_MFN, DOMXEN_MFN, MACHINE_FRAMES - 1):
+        m.map4k(PGD_MFN, DIRECTMAP_VIRT_START + mfn * PAGE, mfn)
+    for mfn, domid, nxt in ((DOM0_MFN, 0, DOMU_MFN), (DOMU_MFN, 1, 0), (DOMXEN_MFN, DOMID_XEN, 0)):
+        struct.pack_into("<H", m.mem, mfn * PAGE, domid)
+        m.u64(mfn * PAGE + 136, DIRECTMAP_VIRT_START + nxt * PAGE if nxt else 0)
+    img = XEN_PHYS_START
+    m.u64(img + DOMAIN_LIST_VA - IMG, DIRECTMAP_VIRT_START + DOM0_MFN * PAGE)
+    m.u64(img + FRAME_TABLE_VAR - IMG, FT_VA)
+    m.u64(img + MAX_PAGE_VAR - IMG, MACHINE_FRAMES)
+    for mfn in range(MACHINE_FRAMES):
+        page_info(mfn, 1)   # in use by Xen, one reference
+    for mfn in DOM0_FRAMES:
+        page_info(mfn, ALLOCATED | 1, DOM0_MFN)
+    for mfn in DOMU_FRAMES:
+        page_info(mfn, ALLOCATED | 1, DOMU_MFN)
+    for mfn in FREE_FRAMES:
+        page_info(mfn, 3 << shift)
+    page_info(HEAP_FREE, XEN_HEAP | 3 << shift)
+    page_info(BROKEN, broken | 1)
+    page_info(OFFLINED, 2 << shift)
+    page_info(OFFLINING, 1 << shift | 1)
+    page_info(NO_OWNER, ALLOCATED | 1, 0)
+    page_info(DOMXEN_OWNED, ALLOCATED | 1, DOMXEN_MFN)
+    page_info(OWNER_UNMAPPED, ALLOCATED | 1, 0x3000)
+    for mfn in list(DOMU_FRAMES) + list(FREE_FRAMES):   # data that must go
+        m.mem[mfn * PAGE:(mfn + 1) * PAGE] = bytes([mfn & 0xFF | 1]) * PAGE
+    crash = struct.pack("<10Q", version[0], version[1], 0, 0, 0, 0, 0, 0, XEN_PHYS_START, 0)
+    notes = pack_note(b"Xen", XEN_ELFNOTE_CRASH_INFO, crash) + pack_note(b"VMCOREINFO_XEN", 0, info)
+    return write_machine_core(tmp_path / "xen.elf", m, notes)
+
+
+def _runs(*frames: range | int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for f in sorted(frames, key=lambda r: r.start if isinstance(r, range) else r):
+        s, e = (f.start, f.stop) if isinstance(f, range) else (f, f + 1)
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+@pytest.mark.parametrize("version", sorted(LAYOUTS))
+def test_free_and_guest_frames_left_out(tmp_path: Path, version: tuple[int, int]) -> None:
+    core = xen_machine(tmp_path, version)
+    ram = [(0, MACHINE_FRAMES)]
+    with ElfCore(core) as c:
+        ex = xen_excluded_pages(c, ram, drop_free=True, drop_guests=True)
+        assert ex.note == "" and ex.domains == [0, 1]
+        assert ex.ranges == _runs(DOMU_FRAMES, FREE_FRAMES, BROKEN, OFFLINED)
+        assert ex.counts == {"free": len(FREE_FRAMES) + 2, "guest": len(DOMU_FRAMES)}
+        assert ex.by_domain == {1: len(DOMU_FRAMES)}
+        assert xen_excluded_pages(c, ram, drop_free=True, drop_guests=True, keep_domains=[1]).ranges == \
+            _runs(FREE_FRAMES, BROKEN, OFFLINED)
+        assert xen_excluded_pages(c, ram, drop_free=False, drop_guests=True).ranges == _runs(DOMU_FRAMES)
+        with pytest.raises(VmcoreError, match="no domain 7 in this Xen dump \\(its domains: 0, 1\\)"):
+            xen_excluded_pages(c, ram, drop_free=True, drop_guests=True, keep_domains=[7])
+
+
+def test_save_leaves_them_out(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    core = xen_machine(tmp_path)
+    res = save(str(core), str(tmp_path / "d.kdump"), progress=False)
+    assert res.excluded["free"] == len(FREE_FRAMES) + 2 and res.excluded["guest"] == len(DOMU_FRAMES)
+    with KdumpCore(tmp_path / "d.kdump") as k:
+        for left_out in (DOMU_FRAMES.start, FREE_FRAMES.stop - 1, BROKEN):
+            with pytest.raises(VmcoreError, match="page excluded"):
+                k.read(left_out * PAGE, 16, physical=True)
+        assert bytes(k.read(DOM0_FRAMES.start * PAGE, 16, physical=True)) == bytes(16)   # kept (zero)
+        ft = FT_FRAMES.start * PAGE + 8
+        assert bytes(k.read(ft, 8, physical=True)) == struct.pack("<Q", 1)   # Xen's own frame kept
+    res = save(str(core), str(tmp_path / "all.kdump"), dump_level=1, progress=False)
+    assert res.excluded["free"] == 0 and res.saved_pages == MACHINE_FRAMES
+    assert cli.main(["save", "--xen-keep-domain", "1", str(core), str(tmp_path / "k.kdump")]) == 0
+    assert cli.main(["save", "--xen-keep-domain", "9", str(core), str(tmp_path / "n.kdump")]) == 1
+    err = capfdbinary.readouterr().err.decode()
+    assert "no domain 9 in this Xen dump" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("drop,why", [(b"SYMBOL(max_page)", "VMCOREINFO_XEN has no SYMBOL(max_page)"),
+                                      (b"SYMBOL(pgd_l4)", "VMCOREINFO_XEN has no SYMBOL(pgd_l4)")])
+def test_missing_keys_keep_everything(tmp_path: Path, drop: bytes, why: str) -> None:
+    info = b"\n".join(line for line in INFO.split(b"\n") if not line.startswith(drop))
+    core = xen_machine(tmp_path, info=info)
+    with ElfCore(core) as c:
+        ex = xen_excluded_pages(c, [(0, MACHINE_FRAMES)], drop_free=True, drop_guests=True)
+    assert ex.ranges == [] and ex.note.startswith(why) and ex.note.endswith("kept")
