@@ -17,6 +17,7 @@ dom0's log must read back exactly as the same memory written as a plain Linux co
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 from pathlib import Path
@@ -244,13 +245,23 @@ def test_no_xen_phys_start(tmp_path: Path) -> None:
 # -- dom0's log ------------------------------------------------------------------------------
 
 def dom0_machine(tmp_path: Path, *, with_vmcoreinfo: bool = True, p2m_root: int = P2M_ROOT,
-                 n_msgs: int = 40) -> tuple[Path, Path]:
-    """(Xen machine dump, the same dom0 memory as a plain Linux core)."""
+                 n_msgs: int = 40, in_memory: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """(Xen machine dump, the same dom0 memory as a plain Linux core).
+
+    ``in_memory``: OSRELEASEs of VMCOREINFO notes left in dom0's memory, each at the
+    start of a page, as Linux's ``vmcoreinfo_note`` (the real one is 6.1.0-synthetic).
+    """
     dom0 = Memory.standard(1 << 16)
     info_lines, _ring = lockless_log(dom0, make_msgs(n_msgs), count_bits=5, size_bits=11)
     pgd_va = dom0.alloc(PAGE, 0, align=PAGE)  # init_top_pgt, in the kernel image
+    uts_va = dom0.alloc(6 * 65, 0)            # init_uts_ns.name (a struct new_utsname at +0)
+    dom0.write(uts_va + 130, b"6.1.0-synthetic\0")
     vmcoreinfo = "\n".join(base_vmcoreinfo() + info_lines
-                           + [f"SYMBOL(init_top_pgt)={pgd_va:x}", "NUMBER(phys_base)=0"]) + "\n"
+                           + [f"SYMBOL(init_top_pgt)={pgd_va:x}", "NUMBER(phys_base)=0",
+                              f"SYMBOL(init_uts_ns)={uts_va:x}", "OFFSET(uts_namespace.name)=0"]) + "\n"
+    for release in in_memory:
+        text = vmcoreinfo.replace("OSRELEASE=6.1.0-synthetic", f"OSRELEASE={release}")
+        dom0.write(dom0.alloc(PAGE, 1, align=PAGE), pack_note(b"VMCOREINFO", 0, text.encode()))
     plain = write_core(tmp_path / "plain.elf", dom0, vmcoreinfo)
 
     m = Machine()
@@ -312,6 +323,24 @@ def test_dom0_log_cli_options(tmp_path: Path, capfdbinary: pytest.CaptureFixture
 
 def test_dom0_log_without_vmcoreinfo(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     core, _ = dom0_machine(tmp_path, with_vmcoreinfo=False)
+    assert cli.main(["dmesg", str(core)]) == 1
+    assert capfdbinary.readouterr().err.decode() == f"pykexec: {X.NO_DOM0_VMCOREINFO}\n"
+
+
+def test_dom0_vmcoreinfo_found_in_dom0_memory(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """No dom0 VMCOREINFO note (a kexec-tools load): the copy Linux keeps in dom0's memory
+    is found through the p2m; a stale one (another release) at a lower page is passed over."""
+    core, plain = dom0_machine(tmp_path, with_vmcoreinfo=False, in_memory=("5.10.0-stale", "6.1.0-synthetic"))
+    assert _ours(core) == _ours(plain)
+    with ElfCore(core) as c:
+        dom0 = X.Dom0Memory(c)
+        assert dom0.vmcoreinfo_from == "dom0 memory" and dom0.vmcoreinfo is not None
+        assert dom0.vmcoreinfo.osrelease == "6.1.0-synthetic"
+    assert cli.main(["info", "--json", str(core)]) == 0
+    described = json.loads(capfdbinary.readouterr().out)
+    assert described["osrelease"] == "6.1.0-synthetic"
+    assert described["xen"]["dom0_vmcoreinfo_from"] == "dom0 memory"
+    core, _ = dom0_machine(tmp_path, with_vmcoreinfo=False, in_memory=("5.10.0-stale",))
     assert cli.main(["dmesg", str(core)]) == 1
     assert capfdbinary.readouterr().err.decode() == f"pykexec: {X.NO_DOM0_VMCOREINFO}\n"
 

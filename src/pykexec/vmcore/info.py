@@ -1,6 +1,7 @@
 """``pykexec vmcore info``: what a dump holds, without debug symbols: its notes, each
 CPU's registers at the crash, the VMCOREINFO keys, and for Xen dumps the hypervisor's
-crash information (version, ``xen_phys_start``, dom0's p2m root)."""
+crash information (version, ``xen_phys_start``, dom0's p2m root) and, when dom0's VMCOREINFO
+was not recorded as a note (kexec-tools), the one found in dom0's memory."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pykexec.layouts import elf as E
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pykexec.vmcore.dump_memory import DumpMemory
+    from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 EM_NAMES = {E.EM_X86_64: "x86_64", E.EM_386: "i386", E.EM_AARCH64: "aarch64"}
 
@@ -66,6 +68,20 @@ def xen_info(core: DumpMemory) -> dict[str, object] | None:
     return out or None
 
 
+def _dom0_vmcoreinfo_in_memory(core: DumpMemory) -> VmcoreInfo | None:
+    """Dom0's VMCOREINFO of a Xen dump that has no note of it (a crash kernel loaded by
+    kexec-tools), found in dom0's memory; None if it cannot be found."""
+    from pykexec.vmcore.errors import VmcoreError
+    from pykexec.vmcore.xen import Dom0Memory, is_xen_dump
+
+    if not is_xen_dump(core.notes):
+        return None
+    try:
+        return Dom0Memory(core).vmcoreinfo
+    except VmcoreError:
+        return None
+
+
 def describe(core: DumpMemory) -> dict[str, object]:
     """The whole description, as ``--json`` prints it."""
     info: dict[str, object] = {
@@ -78,11 +94,16 @@ def describe(core: DumpMemory) -> dict[str, object]:
                   for n in core.notes],
         "cpus": cpu_states(core),
     }
-    if core.vmcoreinfo is not None:
-        info["vmcoreinfo"] = dict(core.vmcoreinfo.entries)
-        info["osrelease"] = core.vmcoreinfo.osrelease
-        info["crashtime"] = core.vmcoreinfo.crashtime
+    vmcoreinfo = core.vmcoreinfo
     xen = xen_info(core)
+    if vmcoreinfo is None and xen is not None:
+        vmcoreinfo = _dom0_vmcoreinfo_in_memory(core)
+        if vmcoreinfo is not None:
+            xen["dom0_vmcoreinfo_from"] = "dom0 memory"
+    if vmcoreinfo is not None:
+        info["vmcoreinfo"] = dict(vmcoreinfo.entries)
+        info["osrelease"] = vmcoreinfo.osrelease
+        info["crashtime"] = vmcoreinfo.crashtime
     if xen is not None:
         info["xen"] = xen
     return info

@@ -26,11 +26,12 @@ Dom0 (a PV guest) addresses:
 * the top-level table is ``init_top_pgt``, whose *pseudo-physical* address is
   ``SYMBOL(init_top_pgt) - __START_KERNEL_map + NUMBER(phys_base)`` (dom0's VMCOREINFO);
 * pseudo-physical frame -> machine frame goes through dom0's p2m, published to Xen as
-  a 3-level list of machine frames: the crash-info note's
-  ``dom0_pfn_to_mfn_frame_list_list`` is the MFN of a page of 512 MFNs (index
-  ``pfn >> 18``), each of a page of 512 MFNs (``(pfn >> 9) & 511``), each of a p2m
-  page of 512 entries (``pfn & 511``) holding the MFN.  Entries of ``~0`` are
-  missing pages; Linux's FOREIGN (bit 63) and IDENTITY (bit 62) flags are masked off.
+  a 3-level list of machine frames from the crash-info note's
+  ``dom0_pfn_to_mfn_frame_list_list`` (:class:`~pykexec.vmcore.xen_dom0.P2m`);
+* dom0's VMCOREINFO is pykexec's load-time note or, for a crash kernel another loader
+  (kexec-tools) put there, the one Linux keeps in dom0's memory, found through the p2m
+  (:func:`~pykexec.vmcore.xen_dom0.find_vmcoreinfo`) and accepted when its own
+  symbols lead to its OSRELEASE.
 
 Console ring (``xen/drivers/char/console.c``): ``char *conring`` (initially the
 16 KiB ``_conring`` in the image, later a Xen-heap buffer), ``uint32_t conring_size``
@@ -63,6 +64,7 @@ from pykexec.layouts.x86_paging import PAGE_SHIFT, PAGE_SIZE
 from pykexec.layouts.xen import VMCOREINFO_XEN_NOTE_NAME, XEN_ELFNOTE_CRASH_INFO, XEN_NOTE_NAME, XEN_VIRT_START
 from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.paging import PageTableWalker, pa_symbol, read_translated, top_table_symbol
+from pykexec.vmcore.xen_dom0 import INVALID_P2M_ENTRY, P2m, find_vmcoreinfo
 from pykexec.xen_symbols import CONRING_SYMBOLS, REQUIRED_CONRING_SYMBOLS, parse_symbol_lines
 
 TYPE_CHECKING = False
@@ -83,14 +85,13 @@ DIRECTMAP_VIRT_END = 0xFFFF880000000000
 #: Bigger rings are corruption (Xen caps conring_size far below this).
 MAX_CONRING_SIZE = 1 << 28
 
-#: p2m entries: ~0 = no page; Linux's FOREIGN_FRAME_BIT and IDENTITY_FRAME_BIT.
-INVALID_P2M_ENTRY = (1 << 64) - 1
-_P2M_FLAGS = (1 << 63) | (1 << 62)
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+#: new_utsname: sysname[65], nodename[65], release[65], ...
+_UTS_RELEASE = 2 * 65
 
-NO_DOM0_VMCOREINFO = ("this Xen dump has no dom0 VMCOREINFO: it was not saved at load time "
-                      "(load with pykexec -p)")
+NO_DOM0_VMCOREINFO = ("this Xen dump has no dom0 VMCOREINFO: neither saved at load time (pykexec -p) "
+                      "nor found in dom0's memory")
 
 
 # -- what kind of dump ------------------------------------------------------------------
@@ -319,47 +320,49 @@ class Dom0Memory:
         self.memory_bytes = core.memory_bytes
         self._read_machine = _machine_reader(core)
         facts = XenCrashFacts(self.notes)
-        if self.vmcoreinfo is None:
+        if self.vmcoreinfo is None and not facts.dom0_p2m_root:
             raise VmcoreError(NO_DOM0_VMCOREINFO)
         if not facts.dom0_p2m_root:
             raise VmcoreError(f"{self.path}: Xen's crash-info note has no dom0 p2m root "
                               "(dom0 is not PV, or Xen is too old): cannot translate dom0 addresses")
         self.p2m_root = facts.dom0_p2m_root
-        self._p2m_pages: dict[int, int] = {}  # pfn >> 9 -> machine address of that p2m page
-        info = self.vmcoreinfo
+        self._p2m = P2m(self._read_machine, self.p2m_root)
+        #: Where dom0's VMCOREINFO came from: "note" or "dom0 memory".
+        self.vmcoreinfo_from = "note"
+        if self.vmcoreinfo is None:
+            self.vmcoreinfo = find_vmcoreinfo(self._read_machine, self._p2m, self._leads_to_itself)
+            self.vmcoreinfo_from = "dom0 memory"
+            if self.vmcoreinfo is None:
+                raise VmcoreError(NO_DOM0_VMCOREINFO)
+        self._walker = self._dom0_walker(self.vmcoreinfo)
+
+    def _dom0_walker(self, info: VmcoreInfo) -> PageTableWalker:
         name = top_table_symbol(info)
         if name is None:
             raise VmcoreError(f"{self.path}: dom0's VMCOREINFO lacks SYMBOL(init_top_pgt): "
                               "cannot walk dom0's page tables")
         phys_base = info.number("phys_base") if info.has_number("phys_base") else 0
         root_pfn = pa_symbol(info.symbol(name), phys_base) >> PAGE_SHIFT
-        self._walker = PageTableWalker(self._read_machine, self.pfn_to_mfn(root_pfn) << PAGE_SHIFT, space="dom0")
+        return PageTableWalker(self._read_machine, self.pfn_to_mfn(root_pfn) << PAGE_SHIFT, space="dom0")
+
+    def _leads_to_itself(self, info: VmcoreInfo) -> bool:
+        """A VMCOREINFO found in memory is dom0's own when its page tables and
+        ``init_uts_ns`` give back its OSRELEASE (not a stale copy of another's)."""
+        release = (info.osrelease or "").encode()
+        try:
+            uts = info.symbol("init_uts_ns") + info.offset("uts_namespace.name")
+            got = self._dom0_walker(info).read(uts + _UTS_RELEASE, len(release) + 1)
+        except VmcoreError:
+            return False
+        return bool(release) and got == release + b"\0"
 
     def require_vmcoreinfo(self) -> VmcoreInfo:
         assert self.vmcoreinfo is not None
         return self.vmcoreinfo
 
-    def _u64_machine(self, maddr: int) -> int:
-        return int(_U64.unpack(self._read_machine(maddr, 8))[0])
-
     def pfn_to_mfn(self, pfn: int) -> int:
         """Dom0 pseudo-physical frame -> machine frame, through the 3-level p2m frame list."""
-        page = self._p2m_pages.get(pfn >> 9)
-        if page is None:
-            top = pfn >> 18
-            if top >= 512:
-                raise VmcoreError(f"dom0 pfn {pfn:#x} is beyond the p2m frame list")
-            try:
-                mid_mfn = self._u64_machine((self.p2m_root << PAGE_SHIFT) + top * 8)
-                leaf_mfn = self._u64_machine((mid_mfn << PAGE_SHIFT) + ((pfn >> 9) & 511) * 8)
-            except VmcoreError:
-                raise VmcoreError(f"dom0's p2m frame list (root MFN {self.p2m_root:#x}) is not in the dump") \
-                    from None
-            page = self._p2m_pages[pfn >> 9] = leaf_mfn << PAGE_SHIFT
-        mfn = self._u64_machine(page + (pfn & 511) * 8)
-        if mfn == INVALID_P2M_ENTRY:
-            raise VmcoreError(f"dom0 pfn {pfn:#x} has no machine frame (p2m entry invalid)")
-        return mfn & ~_P2M_FLAGS
+        return self._p2m.pfn_to_mfn(pfn)
 
     def translate(self, va: int) -> tuple[int, int]:
         return self._walker.translate(va)
@@ -390,5 +393,5 @@ def dom0_memory(core: DumpMemory) -> DumpMemory:
     return Dom0Memory(core)
 
 
-__all__ = ["Dom0Memory", "NO_DOM0_VMCOREINFO", "XenCrashFacts", "XenMemory", "dom0_memory", "is_xen_dump",
+__all__ = ["Dom0Memory", "INVALID_P2M_ENTRY", "NO_DOM0_VMCOREINFO", "XenCrashFacts", "XenMemory", "dom0_memory", "is_xen_dump",
            "read_elf_symbols", "resolve_conring_symbols", "xen_console_ring"]
