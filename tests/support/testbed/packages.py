@@ -188,6 +188,10 @@ class PackageCache:
     def kexec_tools(self) -> Path:
         return self.package("kexec-tools")
 
+    def systemd_stub(self) -> Path:
+        """Debian's systemd-stub (systemd-boot-efi): the PE stub UKIs are built on."""
+        return self.package("systemd-boot-efi") / "usr" / "lib" / "systemd" / "boot" / "efi" / "linuxx64.efi.stub"
+
     def fetch_all(self, *, generic: bool = False) -> None:
         """Fetch everything the default guests need (and the generic kernel if asked)."""
         with self.lock():
@@ -197,5 +201,6 @@ class PackageCache:
                 self.kernel("6.1-generic")
             self.busybox()
             self.kexec_tools()
+            self.systemd_stub()
             for p in PYTHON_PACKAGES:
                 self.package(p)
