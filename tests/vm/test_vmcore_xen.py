@@ -11,13 +11,17 @@ The serial log of that run is the reference:
 * Xen's console ring (``--xen-syms`` from Debian's xen-hypervisor-4.17-amd64-dbg, or
   the symbols dom0 read at load time) is exactly the run of ``(XEN)`` lines the
   hypervisor printed on the serial console, up to "Shot down all CPUs";
-* ``vmcore save`` (kdump and ELF) of the Xen dump keeps both logs; the filtered ELF
-  of real Linux and Xen dumps holds the same bytes wherever it holds data, and
-  vmcore-dmesg prints the same log from it.
+* ``vmcore save`` (kdump and ELF) of the Xen dump, filtered by Xen's frame table
+  (VMCOREINFO_XEN alone), keeps both logs, Xen's console-ring page and dom0's pages,
+  and leaves Xen's free frames out; the filtered ELF of real Linux and Xen dumps
+  holds the same bytes wherever it holds data, and vmcore-dmesg prints the same log;
+* the same dump as kexec-tools leaves it (no dom0 VMCOREINFO, no pykexec notes) still
+  gives dom0's log: its VMCOREINFO is found in dom0's memory through the p2m.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import subprocess
@@ -36,12 +40,24 @@ from support.vmcore_fixture import (
     xen_vmcore_log,
 )
 
-from pykexec.layouts.elf import PHDR64_FMT, PT_LOAD
+from pykexec.layouts.elf import (
+    EHDR64_FMT,
+    PHDR64_FMT,
+    PT_LOAD,
+    PT_NOTE,
+    PYKEXEC_NOTE_NAME,
+    iter_notes,
+    pack_note,
+)
 from pykexec.vmcore import cli
 from pykexec.xen_symbols import CONRING_SYMBOLS, parse_xensyms
 from pykexec.vmcore import xen as X
 from pykexec.vmcore.elfcore import ElfCore
-from pykexec.vmcore.save import save
+from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.kdump import KdumpCore
+from pykexec.vmcore.pfn_runs import merge
+from pykexec.vmcore.save import ram_runs, save
+from pykexec.vmcore.xen_filter import xen_excluded_pages
 
 DBG_PACKAGE = "xen-hypervisor-4.17-amd64-dbg"
 VMCORE_DMESG = "/usr/sbin/vmcore-dmesg"
@@ -144,20 +160,113 @@ def _same_bytes_where_kept(src: Path, dst: Path) -> int:
     return compared
 
 
+def _kept_in(dst: Path, fmt: str, maddr: int) -> bool:
+    """Whether a saved dump holds the page at machine address ``maddr``."""
+    if fmt == "kdump":
+        with KdumpCore(dst) as k:
+            try:
+                k.read(maddr, 8, physical=True)
+            except VmcoreError:
+                return False
+            return True
+    with ElfCore(dst) as e:
+        return any(ld.paddr <= maddr < ld.paddr + ld.filesz for ld in e.loads)
+
+
+def _landmarks(path: Path, xen_syms: Path) -> tuple[int, int, int]:
+    """Machine addresses of Xen's console ring, of dom0's init_uts_ns, and of a Xen free
+    frame with data on it (so that leaving it out shrinks the dump)."""
+    with ElfCore(path) as core:
+        syms = X.read_elf_symbols(str(xen_syms), CONRING_SYMBOLS)
+        mem = X.XenMemory(core)
+        ring = mem.translate(mem.u64(syms["conring"]))[0]
+        dom0 = X.Dom0Memory(core)
+        uts = dom0.translate(dom0.require_vmcoreinfo().symbol("init_uts_ns"))[0]
+        ram = merge([(r.pfn, r.end) for r in ram_runs(core.loads, 4096)])
+        ex = xen_excluded_pages(core, ram, drop_free=True, drop_guests=True)
+        free = next(pfn << 12 for s, e in ex.ranges for pfn in range(s, e)
+                    if any(core.read(pfn << 12, 4096, physical=True)))
+    return ring, uts, free
+
+
 def test_save_xen_dump_keeps_both_logs(xen_dump: tuple[Path, str], xen_syms: Path, tmp_path: Path) -> None:
+    """The default save keeps Xen's and dom0's frames and leaves Xen's free ones out
+    (the test machine runs no other domain, so free frames are all it can drop): the
+    logs read the same; sizes against keeping every non-zero frame (-d 1)."""
     path, _ = xen_dump
     dom0 = _dmesg(str(path))
     ring = _dmesg("--xen-syms", str(xen_syms), str(path))
+    ring_at, uts_at, free_at = _landmarks(path, xen_syms)
+    sizes = {"source": path.stat().st_size, "source allocated": path.stat().st_blocks * 512}
     for fmt in ("kdump", "elf"):
-        dst = tmp_path / f"xen.{fmt}"
-        res = save(str(path), str(dst), fmt=fmt, progress=False)
-        assert not res.incomplete and res.free_pages == 0 and res.zero_pages > 0
-        assert dst.stat().st_blocks * 512 < path.stat().st_size // 2
-        assert _dmesg(str(dst)) == dom0
-        assert _dmesg("--xen-syms", str(xen_syms), str(dst)) == ring
-        if fmt == "elf":
-            assert _same_bytes_where_kept(path, dst) > 100 << 20
-        dst.unlink()
+        for level in (31, 1):
+            dst = tmp_path / f"xen-{level}.{fmt}"
+            res = save(str(path), str(dst), fmt=fmt, dump_level=level, progress=False)
+            assert not res.incomplete and res.zero_pages > 0 and res.excluded.get("guest", 0) == 0
+            assert (res.free_pages > 100_000) == (level == 31), res.excluded
+            assert _dmesg(str(dst)) == dom0
+            assert _dmesg("--xen-syms", str(xen_syms), str(dst)) == ring
+            assert _kept_in(dst, fmt, ring_at) and _kept_in(dst, fmt, uts_at)
+            assert _kept_in(dst, fmt, free_at) == (level == 1)
+            if fmt == "elf" and level == 31:
+                assert _same_bytes_where_kept(path, dst) > 100 << 20
+            sizes[f"{fmt} -d {level}"] = dst.stat().st_blocks * 512
+            dst.unlink()
+    print("\nXen dump sizes (bytes on disk):", sizes)
+    for fmt in ("kdump", "elf"):
+        assert sizes[f"{fmt} -d 31"] < sizes[f"{fmt} -d 1"] < sizes["source"]
+    assert sizes["kdump -d 31"] < sizes["source allocated"] // 2
+
+
+def _without_pykexec_notes(src: Path, dst: Path) -> list[bytes]:
+    """A copy of ``src`` whose PT_NOTEs lack what only pykexec records (dom0's VMCOREINFO,
+    its xen_phys_start and symbol notes): what a kexec-tools load leaves.  Returns the
+    names of the notes kept."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    kept: list[bytes] = []
+    with open(dst, "r+b") as f:
+        head = f.read(EHDR64_FMT.size)
+        ehdr = EHDR64_FMT.unpack(head)
+        phoff, phentsize, phnum = ehdr[5], ehdr[9], ehdr[10]
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            ph = list(PHDR64_FMT.unpack(f.read(PHDR64_FMT.size)))
+            if ph[0] != PT_NOTE:
+                continue
+            f.seek(ph[2])
+            notes = [n for n in iter_notes(f.read(ph[5]))
+                     if n.name not in (b"VMCOREINFO", PYKEXEC_NOTE_NAME)]
+            body = b"".join(pack_note(n.name, n.type, n.desc) for n in notes)
+            f.seek(ph[2])
+            f.write(body + bytes(ph[5] - len(body)))
+            ph[5] = ph[6] = len(body)
+            f.seek(phoff + i * phentsize)
+            f.write(PHDR64_FMT.pack(*ph))
+            kept += [n.name for n in notes]
+    return kept
+
+
+def test_dom0_log_without_pykexec_notes(xen_dump: tuple[Path, str], tmp_path: Path) -> None:
+    """A Xen dump as kexec-tools leaves it (no dom0 VMCOREINFO, no pykexec notes): dom0's
+    VMCOREINFO is found in dom0's memory, byte for byte the note pykexec recorded, and
+    dmesg and info give what they give on the original."""
+    path, _ = xen_dump
+    bare = tmp_path / "kexec-tools.elf"
+    kept = _without_pykexec_notes(path, bare)
+    assert b"VMCOREINFO_XEN" in kept and b"VMCOREINFO" not in kept and PYKEXEC_NOTE_NAME not in kept
+    with ElfCore(bare) as core, ElfCore(path) as orig:
+        assert core.vmcoreinfo is None and orig.vmcoreinfo is not None
+        dom0 = X.Dom0Memory(core)
+        assert dom0.vmcoreinfo_from == "dom0 memory"
+        assert dom0.require_vmcoreinfo().raw == orig.vmcoreinfo.raw
+        release = orig.vmcoreinfo.osrelease
+    assert _dmesg(str(bare)) == _dmesg(str(path))
+    r = subprocess.run([sys.executable, "-m", "pykexec", "vmcore", "info", "--json", str(bare)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    described = json.loads(r.stdout)
+    assert described["osrelease"] == release and described["xen"]["dom0_vmcoreinfo_from"] == "dom0 memory"
+    bare.unlink()
 
 
 def test_save_elf_real_linux_dump(assets: Assets, tmp_path: Path) -> None:
