@@ -140,6 +140,8 @@ def test_save_leaves_them_out(tmp_path: Path, capfdbinary: pytest.CaptureFixture
     assert cli.main(["save", "--xen-keep-domain", "9", str(core), str(tmp_path / "n.kdump")]) == 1
     err = capfdbinary.readouterr().err.decode()
     assert "no domain 9 in this Xen dump" in err and "Traceback" not in err
+    assert cli.main(["save", "--xen-keep-domain", "dom1", str(core), str(tmp_path / "x.kdump")]) == 2
+    assert "--xen-keep-domain needs a domain id" in capfdbinary.readouterr().err.decode()
 
 
 @pytest.mark.parametrize("drop,why", [(b"SYMBOL(max_page)", "VMCOREINFO_XEN has no SYMBOL(max_page)"),
@@ -150,3 +152,14 @@ def test_missing_keys_keep_everything(tmp_path: Path, drop: bytes, why: str) -> 
     with ElfCore(core) as c:
         ex = xen_excluded_pages(c, [(0, MACHINE_FRAMES)], drop_free=True, drop_guests=True)
     assert ex.ranges == [] and ex.note.startswith(why) and ex.note.endswith("kept")
+
+
+def test_keep_domain_on_a_linux_dump_is_a_usage_error(tmp_path: Path,
+                                                      capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    from test_vmcore_save_synth import machine
+
+    src, _ = machine(tmp_path)
+    assert cli.main(["save", "--xen-keep-domain", "1", str(src), str(tmp_path / "o.kdump")]) == 2
+    err = capfdbinary.readouterr().err.decode()
+    assert "applies to dumps of a Xen machine only" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.kdump").exists()
