@@ -16,10 +16,10 @@ from pathlib import Path
 
 SECTION_ALIGN = 0x1000
 FILE_ALIGN = 0x200
-#: Where the first added section goes in memory; each next one starts on a 16 MiB step
-#: above it (far apart: the sizes in tests are small, the VM's kernel ~8 MB).
+#: Where the first added section goes in memory (above any stub's own sections); each
+#: next one starts on the first 1 MiB boundary past the previous one's end.
 FIRST_VMA = 0x1000000
-VMA_STEP = 0x1000000
+VMA_ALIGN = 0x100000
 
 
 def minimal_pe_stub() -> bytes:
@@ -52,14 +52,15 @@ def build_uki(out: Path, sections: Sequence[tuple[str, bytes]], stub: Path | Non
             stub = work / "stub.efi"
             stub.write_bytes(minimal_pe_stub())
         add, rename = ["objcopy"], ["objcopy"]
+        vma = FIRST_VMA
         for i, (name, data) in enumerate(sections):
             path = work / f"s{i}"
             path.write_bytes(data)
             # A name may repeat: add each under a unique name, then rename them all.
             tmp_name = f".s{i}"
-            vma = FIRST_VMA + i * VMA_STEP
             add += ["--add-section", f"{tmp_name}={path}", "--change-section-vma", f"{tmp_name}={vma:#x}",
                     "--set-section-flags", f"{tmp_name}=data,readonly"]
+            vma += -(-max(len(data), 1) // VMA_ALIGN) * VMA_ALIGN
             rename += ["--rename-section", f"{tmp_name}={name}"]
         subprocess.run([*add, str(stub), str(work / "added.efi")], check=True, capture_output=True)
         subprocess.run([*rename, str(work / "added.efi"), str(out)], check=True, capture_output=True)
