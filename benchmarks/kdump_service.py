@@ -66,8 +66,12 @@ PAGE_SIZE = 4096
 KDUMP_TOOLS_START = "Starting kdump-tools:"
 
 # The same for both: let the last commands' freed pages leave the per-CPU lists (a dump
-# keeps them), then the step library's sysrq crash.
-SETTLE_AND_CRASH = "sleep 3\ncrash\n"
+# keeps them), then the step library's sysrq crash.  The first kernel's slab just before: at
+# -d 31 a dump keeps slab pages, so it tells how much the service left behind in the kernel.
+SETTLE_AND_CRASH = """sleep 3
+report slab_kib "$(awk '/^Slab:/ {print $2}' /proc/meminfo)"
+crash
+"""
 
 #: (key, label, unit) of the table's rows, in order.
 ROWS = [
@@ -78,6 +82,7 @@ ROWS = [
     ("dump_bytes", "dump size", "B"),
     ("dump_pages", "pages in the dump", "pages"),
     ("bytes_per_page", "dump bytes per page", "B/page"),
+    ("slab_mib", "first kernel's slab at the crash", "MiB"),
     ("initramfs_bytes", "crash initramfs size", "B"),
     ("first_start_s", "first start: build + load", "s"),
     ("capture_peak_rss_mib", "capture peak RSS (VmHWM)", "MiB"),
@@ -139,7 +144,7 @@ def capture_pykexec(disk: DebianDisk, kernel: str, work: Path) -> dict[str, Any]
             "crash_kernel_s": crash_kernel_seconds(crashed),
             "capture_s": capture_seconds(end), "dump_write_s": dump_write_seconds(crashed.log),
             **dump_figures(disk, f"{crashes[0]['directory']}/vmcore", work),
-            "initramfs_bytes": int(found["initramfs_bytes"]),
+            "initramfs_bytes": int(found["initramfs_bytes"]), "slab_mib": int(found["slab_kib"]) / 1024,
             "first_start_s": unit_run_seconds(found),
             "capture_peak_rss_mib": memory.capture_mib, "in_use_mib": memory.in_use_mib,
             "total_mib": memory.total_mib, "capture_line": end}
@@ -168,7 +173,7 @@ def capture_kdump_tools(disk: DebianDisk, kernel: str, work: Path) -> dict[str, 
             "capture_s": saved - time_after_panic(crashed, KDUMP_TOOLS_START),
             "dump_write_s": saved - time_after_panic(crashed, KDUMP_TOOLS_DUMP_START),
             **dump_figures(disk, f"/var/crash/{stamp}/dump.{stamp}", work),
-            "initramfs_bytes": int(found["initrd_bytes"]),
+            "initramfs_bytes": int(found["initrd_bytes"]), "slab_mib": int(found["slab_kib"]) / 1024,
             "first_start_s": unit_run_seconds(found),
             "capture_peak_rss_mib": probe.makedumpfile_mib, "in_use_mib": probe.in_use_mib,
             "total_mib": probe.total_mib, "peak_in_use_mib": probe.peak_in_use_mib, "probe_samples": probe.samples}
