@@ -1,6 +1,6 @@
 """Test-bed steps for the two kdump services on the Debian test bed, and the readers of
-what they print: shared by the service's VM tests (tests/vm/test_kdump_service_vm.py,
-tests/vm/test_kdump_tools_reference.py) and benchmarks/kdump_service.py.
+what they print: shared by the service's VM tests (tests/vm/test_kdump_service_vm.py) and
+benchmarks/kdump_service.py, which runs kdump-tools' capture beside pykexec's.
 
 Steps are shell run by the step runner (support/testbed/debian_step.py: ``report``,
 ``crash``, ``drain_console`` ...).  A crash step is made of a *ready* part (the system is up,
@@ -139,8 +139,6 @@ report status "$(kdump-config status | grep 'current state')"
 report crash_loaded "$(cat /sys/kernel/kexec_crash_loaded)"
 {unit_seconds_report("kdump-tools.service")}report initrd_bytes "$(stat -c %s /var/lib/kdump/initrd.img-$(uname -r))"
 """
-
-KDUMP_TOOLS_CRASH_STEP = KDUMP_TOOLS_READY + "crash\n"
 
 KDUMP_TOOLS_LIST_STEP = """
 report crashes "$(ls /var/crash | grep '^2' | tr '\\n' ' ')"

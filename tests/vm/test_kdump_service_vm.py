@@ -11,8 +11,8 @@
 * ``systemctl kexec`` into a kernel loaded by ``pykexec -l``: systemd shuts down and jumps,
   and the next boot runs in the same QEMU process.
 
-Each test prints its figures (as tests/vm/test_kdump_tools_reference.py does for
-kdump-tools).  Slow (several minutes under TCG): marked ``slow``.
+Each test prints its figures; benchmarks/kdump_service.py runs kdump-tools' capture on the
+same image beside pykexec's, for the comparison.  Slow (several minutes under TCG): marked ``slow``.
 """
 
 from __future__ import annotations
