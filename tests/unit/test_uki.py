@@ -238,6 +238,7 @@ def test_bad_pe_files(capsys, tmp_path, machine):
                           "overlap in memory"),
         "headers.efi": (_patched(good, b".initrd", 20, 0x10), "overlaps the headers"),
         "huge.efi": (_patched(good, b".initrd", 8, 0x7FFFFFFF), "claims 0x7fffffff bytes in memory"),
+        "zeros.efi": (_patched(good, b".initrd", 8, 0x200000), "more than 1 MiB of zeros"),
     }
     assert initrd_off > 0
     for name, (data, message) in cases.items():

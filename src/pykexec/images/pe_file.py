@@ -16,7 +16,9 @@ from pykexec.errors import ImageFormatError
 from pykexec.layouts import pe
 
 MAX_SECTIONS = 96  # the PE format allows 96 sections in an image; a UKI has about 15
-MAX_SECTION_SIZE = 1 << 30  # a kernel or initrd is far smaller; more is an attack (zero fill)
+MAX_SECTION_SIZE = 1 << 30  # a kernel or initrd is far smaller; more is an attack
+# Zeros a used section may have past its file data (objcopy'd UKI sections have none).
+MAX_ZERO_FILL = 1 << 20
 
 
 class Section(namedtuple("Section", "index name virtual_address virtual_size file_offset file_size")):
@@ -41,6 +43,9 @@ class PeFile(namedtuple("PeFile", "machine sections data")):
     def section_data(self, section: Section) -> bytes:
         """The section as a loader puts it in memory (systemd-stub reads it there)."""
         body = self.data[section.file_offset:section.file_offset + section.file_size]
+        if section.virtual_size - len(body) > MAX_ZERO_FILL:
+            raise ImageFormatError(f"PE section {section.name!r} has {section.virtual_size:#x} bytes in memory but "
+                                   f"only {len(body):#x} in the file (more than {MAX_ZERO_FILL >> 20} MiB of zeros)")
         if section.virtual_size > len(body):
             body += bytes(section.virtual_size - len(body))
         return body
