@@ -163,3 +163,35 @@ def test_keep_domain_on_a_linux_dump_is_a_usage_error(tmp_path: Path,
     err = capfdbinary.readouterr().err.decode()
     assert "applies to dumps of a Xen machine only" in err and err.count("\n") == 1
     assert not (tmp_path / "o.kdump").exists()
+
+
+def test_p2m_machine_runs_and_frames() -> None:
+    """Dom0 pfn runs -> machine frame runs, through a 3-level p2m: FOREIGN entries (other
+    domains' frames) and missing ones are not dom0's; IDENTITY's flag is masked."""
+    from pykexec.vmcore.xen_dom0 import P2m
+
+    mem: dict[int, bytes] = {}
+    root, mid, leaf0, leaf1 = 1, 2, 3, 4
+    missing = b"\xff" * PAGE
+    mem[root] = struct.pack("<Q", mid) + missing[8:]
+    mem[mid] = struct.pack("<QQ", leaf0, leaf1) + missing[16:]
+    entries = [0x1000 + p for p in range(512)]          # pfns 0-511: contiguous machine frames
+    entries[10] = (1 << 63) | 0x9999                     # FOREIGN: a guest's frame
+    entries[20] = (1 << 64) - 1                          # missing
+    entries[30] = (1 << 62) | 0x2000                     # IDENTITY
+    mem[leaf0] = struct.pack("<512Q", *entries)
+    mem[leaf1] = struct.pack("<512Q", *[0x5000 - p for p in range(512)])   # pfns 512-1023: descending
+
+    def read(maddr: int, size: int) -> bytes:
+        page = mem.get(maddr >> 12)
+        if page is None:
+            raise VmcoreError(f"{maddr:#x} not in the dump")
+        return page[maddr & 0xFFF:(maddr & 0xFFF) + size]
+
+    p2m = P2m(read, root)
+    assert p2m.machine_runs([(8, 32)]) == [(0x1008, 0x100A), (0x100B, 0x1014), (0x1015, 0x101E),
+                                           (0x101F, 0x1020), (0x2000, 0x2001)]
+    assert p2m.machine_runs([(512, 515)]) == [(0x4FFE, 0x5001)]
+    frames = dict(p2m.frames())
+    assert len(frames) == 1024 - 2 and 10 not in frames and 20 not in frames and frames[30] == 0x2000
+    assert p2m.runs() == [(0, 10), (11, 20), (21, 1024)]

@@ -19,10 +19,11 @@ Xen dumps (``/proc/vmcore`` of a Xen machine: Xen's crash-info note, p_paddr
 machine addresses) are filtered by Xen's frame table, from VMCOREINFO_XEN alone
 (:mod:`pykexec.vmcore.xen_filter`): bit 16 leaves out Xen's free frames, bit 8 the
 frames of domains other than dom0 (a guest's memory is user data to the host;
-``xen_keep_domains`` keeps named ones); Xen's own frames and dom0's are kept whole
-(dom0's struct pages count pseudo-physical frames: its cache and free pages are not
-told apart).  Every note (Xen's, VMCOREINFO_XEN, dom0's VMCOREINFO, pykexec's) is
-kept, so ``vmcore dmesg [--xen]`` works on the result.
+``xen_keep_domains`` keeps named ones); Xen's own frames are kept.  Dom0's frames
+are judged as a Linux dump's pages, by dom0's struct pages read through its page
+tables, its pseudo-physical frames mapped to machine frames by its p2m.  Every note
+(Xen's, VMCOREINFO_XEN, dom0's VMCOREINFO, pykexec's) is kept, so ``vmcore dmesg
+[--xen]`` works on the result.
 
 DST is written in place (no temporary name) and flagged incomplete until its
 last write: whatever was saved stays useful.
@@ -57,7 +58,6 @@ COMPRESSIONS = ("zstd", "zlib", "lzo", "snappy", "none")
 #: lzo and snappy have one (makedumpfile's).
 LEVELS = {"zstd": (-50, 19), "zlib": (1, 9), "lzo": (1, 1), "snappy": (1, 1)}
 FORMATS = ("kdump", "elf")
-XEN_CACHE_NOTE = "a Xen dump: dom0's pages are kept whole (its cache and user pages are not told apart)"
 
 
 class SaveResult:
@@ -177,17 +177,24 @@ def _is_xen(core: ElfCore) -> bool:
 def _xen_left_out(core: ElfCore, ram: list[tuple[int, int]], dump_level: int, keep: Sequence[int],
                   result: SaveResult) -> list[tuple[int, int]]:
     """The frames of a Xen dump that ``dump_level`` leaves out; counts and notes in ``result``."""
-    from pykexec.vmcore.xen_filter import xen_excluded_pages
+    from pykexec.vmcore.xen_filter import dom0_excluded_frames, xen_excluded_pages
 
     drop_free, drop_guests = bool(dump_level & L.DL_EXCLUDE_FREE), bool(dump_level & L.DL_EXCLUDE_USER_DATA)
-    notes = [XEN_CACHE_NOTE] if dump_level & (L.DL_EXCLUDE_CACHE | L.DL_EXCLUDE_CACHE_PRI) else []
-    if not (drop_free or drop_guests):
-        result.filter_note = "; ".join(notes)
-        return []
-    ex = xen_excluded_pages(core, ram, drop_free=drop_free, drop_guests=drop_guests, keep_domains=keep)
-    result.excluded.update(ex.counts)
-    result.filter_note = "; ".join([ex.note, *notes] if ex.note else notes)
-    return ex.ranges
+    left_out: list[tuple[int, int]] = []
+    notes: list[str] = []
+    if drop_free or drop_guests:
+        ex = xen_excluded_pages(core, ram, drop_free=drop_free, drop_guests=drop_guests, keep_domains=keep)
+        left_out += ex.ranges
+        result.excluded.update(ex.counts)
+        notes.append(ex.note)
+    if dump_level & PAGE_STRUCT_BITS:
+        frames, counts, note = dom0_excluded_frames(core, dump_level)
+        left_out += frames
+        for kind, n in counts.items():
+            result.excluded[kind] = result.excluded.get(kind, 0) + n
+        notes.append(note)
+    result.filter_note = "; ".join(n for n in notes if n)
+    return merge(left_out)
 
 
 def save(src: str, dst: str | int, *, compress: str = "zstd", level: int = 1, dump_level: int = DEFAULT_DUMP_LEVEL,

@@ -336,6 +336,15 @@ class Dom0Memory:
                 raise VmcoreError(NO_DOM0_VMCOREINFO)
         self._walker = self._dom0_walker(self.vmcoreinfo)
 
+    @property
+    def p2m(self) -> P2m:
+        return self._p2m
+
+    @property
+    def walker(self) -> PageTableWalker:
+        """Dom0's page tables (their entries, and so their reads, are machine addresses)."""
+        return self._walker
+
     def _dom0_walker(self, info: VmcoreInfo) -> PageTableWalker:
         name = top_table_symbol(info)
         if name is None:

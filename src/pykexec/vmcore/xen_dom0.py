@@ -22,15 +22,17 @@ import struct
 from pykexec.layouts.elf import NHDR_FMT, NT_VMCOREINFO, note_pad
 from pykexec.layouts.x86_paging import PAGE_SHIFT, PAGE_SIZE
 from pykexec.vmcore.errors import VmcoreError
+from pykexec.vmcore.pfn_runs import merge
 from pykexec.vmcore.vmcoreinfo import VmcoreInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 #: p2m entries: ~0 = no page; Linux's FOREIGN_FRAME_BIT and IDENTITY_FRAME_BIT.
 INVALID_P2M_ENTRY = (1 << 64) - 1
 P2M_FLAGS = (1 << 63) | (1 << 62)
+_FOREIGN = 1 << 63
 _ENTRIES = PAGE_SIZE // 8
 _U64 = struct.Struct("<Q")
 _PAGE_OF_U64 = struct.Struct(f"<{_ENTRIES}Q")
@@ -72,6 +74,38 @@ class P2m:
                     from None
         return mfn
 
+    def runs(self) -> list[tuple[int, int]]:
+        """Dom0's own pseudo-physical frames (see :meth:`frames`) as merged pfn runs."""
+        out: list[tuple[int, int]] = []
+        for pfn, _mfn in self.frames():
+            if out and out[-1][1] == pfn:
+                out[-1] = (out[-1][0], pfn + 1)
+            else:
+                out.append((pfn, pfn + 1))
+        return out
+
+    def machine_runs(self, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Sorted, merged machine-frame runs of dom0's pfn ``ranges`` (FOREIGN and missing
+        entries left out).  Each p2m page is read once per pass; memory grows with the
+        runs, not the frames."""
+        runs: list[tuple[int, int]] = []
+        index = -1
+        leaf: tuple[int, ...] = ()
+        for start, end in ranges:
+            for pfn in range(start, end):
+                if pfn >> 9 != index:
+                    index = pfn >> 9
+                    leaf = _PAGE_OF_U64.unpack(self._read(self._leaf_mfn(index) << PAGE_SHIFT, PAGE_SIZE))
+                mfn = leaf[pfn & 511]
+                if mfn & _FOREIGN:
+                    continue
+                mfn &= ~P2M_FLAGS
+                if runs and runs[-1][1] == mfn:
+                    runs[-1] = (runs[-1][0], mfn + 1)
+                else:
+                    runs.append((mfn, mfn + 1))
+        return merge(runs)
+
     def pfn_to_mfn(self, pfn: int) -> int:
         """Dom0 pseudo-physical frame -> machine frame (VmcoreError when there is none)."""
         mfn = self._u64((self._leaf_mfn(pfn >> 9) << PAGE_SHIFT) + (pfn & 511) * 8)
@@ -80,7 +114,9 @@ class P2m:
         return mfn & ~P2M_FLAGS
 
     def frames(self) -> Iterator[tuple[int, int]]:
-        """Every (pfn, mfn) the p2m maps, in pfn order; parts not in the dump are skipped."""
+        """Every (pfn, mfn) of dom0's own memory, in pfn order: entries flagged FOREIGN
+        (another domain's frame that dom0 maps) are skipped, and so are parts of the list
+        not in the dump; IDENTITY's flag is masked off."""
         pages: dict[int, tuple[int, ...] | None] = {}   # MFN -> its 512 entries (None: unreadable or empty)
 
         def entries(mfn: int) -> tuple[int, ...] | None:
@@ -114,7 +150,7 @@ class P2m:
                     continue
                 base = (i << 18) | (j << 9)
                 for k, mfn in enumerate(leaf):
-                    if mfn != INVALID_P2M_ENTRY:
+                    if not mfn & _FOREIGN:   # ~0 (missing) has it too
                         yield base + k, mfn & ~P2M_FLAGS
 
 

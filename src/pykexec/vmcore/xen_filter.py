@@ -220,4 +220,27 @@ def _owners(codes: bytes, owners: memoryview, base: int, ids: dict[int, int | No
     mask_runs(drop, base, runs)
 
 
-__all__ = ["XenExclusion", "xen_excluded_pages"]
+def dom0_excluded_frames(core: DumpMemory, dump_level: int) -> tuple[list[tuple[int, int]], dict[str, int], str]:
+    """The machine frames of dom0's memory that ``dump_level`` leaves out, decided as for
+    a Linux dump (:func:`pykexec.vmcore.filtering.excluded_pages`) from dom0's struct
+    pages, read through dom0's own page tables; dom0's pseudo-physical frames are mapped
+    to machine frames through its p2m (FOREIGN entries, other domains' frames, are not
+    dom0's and never judged).  Returns (merged machine-frame runs, pages per kind, note);
+    never raises: what cannot be judged is kept and the note says why."""
+    from pykexec.vmcore.filtering import excluded_pages
+    from pykexec.vmcore.xen import Dom0Memory
+
+    try:
+        dom0 = Dom0Memory(core)
+        info = dom0.require_vmcoreinfo()
+        ram = dom0.p2m.runs()
+        # Dom0's walker reads machine memory (PV page tables hold MFNs): it is what the
+        # struct-page scan needs of PageTables (read, translate).
+        ex = excluded_pages(info, dom0.walker, ram, 1 << PAGE_SHIFT, dump_level)  # type: ignore[arg-type]
+        runs = dom0.p2m.machine_runs(ex.ranges)
+    except VmcoreError as err:
+        return [], {}, f"dom0's pages kept whole: {err}"
+    return runs, ex.counts, ex.note and f"dom0: {ex.note}"
+
+
+__all__ = ["XenExclusion", "dom0_excluded_frames", "xen_excluded_pages"]
