@@ -18,16 +18,16 @@ Address translation, as vmcore-dmesg does it:
 ``/proc/vmcore`` on x86_64 is mapped a window at a time
 (:class:`~pykexec.vmcore.mapping.MapWindows`) and the pages of ``vmcore save``
 (:meth:`ElfCore.readinto`) are copied out of those maps; other files are mapped whole
-and their pages read with pread(2).  A read of
-/proc/vmcore copies each page through ``copy_oldmem_page``, which maps and unmaps
-it (ioremap, a TLB flush) on every call: 3x makedumpfile's time in a crash kernel.
+and their pages read with pread(2).  A read of /proc/vmcore copies each page through
+``copy_oldmem_page``, which maps and unmaps it (ioremap, a TLB flush) on every call:
+7-8% of a save in a TCG crash kernel (docs/benchmarks.md).
 The map is safe there (fs/proc/vmcore.c): ``mmap_vmcore`` installs every page table
 entry when the map is made (``remap_pfn_range``; the zero page for pages a
 hypervisor says are not RAM, which read() returns as zeros too), so touching it
 never faults; its fault handler, which answers SIGBUS, serves s390 alone.  Left:
-a machine check on bad RAM, which kills us with SIGBUS through the map but panics
-the crash kernel through read() (``copy_oldmem_page`` is not machine-check safe),
-and hwpoisoned pages are left out by the dump-level scan anyway.  A regular file
+a machine check on bad RAM, which kills us with SIGBUS through the map, and through
+read() hits the kernel's own copy, which has no machine-check recovery (a panic);
+hwpoisoned pages are left out by the dump-level scan anyway.  A regular file
 stays on pread: its map raises SIGBUS, which Python cannot catch, for a disk's
 I/O error or a file cut short under us, where pread says EIO or reads short.
 ``PYKEXEC_VMCORE_READ=pread`` (or ``map``) forces one way, for benchmarks and tests.
