@@ -267,8 +267,8 @@ def _copy_pages(core: ElfCore, out: Output, runs: list[Run], pieces: list[tuple[
     """Stream every kept page, ``pieces`` (:func:`_pieces`) in order: read, test for zero,
     compress, append; descriptors as we go.
 
-    Kept pages are gathered into batches of :data:`CHUNK_PAGES` (one ``preadv``
-    per contiguous piece), so a selection cut into many short runs still
+    Kept pages are gathered into batches of :data:`CHUNK_PAGES` (one
+    :meth:`~pykexec.vmcore.elfcore.ElfCore.readinto` per contiguous piece), so a selection cut into many short runs still
     compresses in large calls.  Stops at the first read or write error,
     recording it in ``result.incomplete``; the pages read before it are saved.
     """
@@ -286,8 +286,8 @@ def _copy_pages(core: ElfCore, out: Output, runs: list[Run], pieces: list[tuple[
         """Compress and write the first ``n`` pages of the batch; False on a write error.
 
         Per-page work is map() over C functions (startswith, len, pack), no Python
-        loop: under a crash kernel's slow CPU the interpreter's per-page cost was a
-        sixth of a save."""
+        loop: in a TCG crash kernel the interpreter's per-page work was a fifth of a
+        save's profile."""
         nonlocal out_pos, pd_index
         nbytes = n * page
         starts = range(0, nbytes, page)
