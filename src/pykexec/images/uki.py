@@ -237,10 +237,10 @@ def unpack(data: bytes, what: str, *, profile: int | None = None, addons: list[t
         cmdline = f"{cmdline} {extra}" if cmdline else extra
         source += " + addons"
 
+    # The kernel takes the first microcode it finds: the addons' (last given first), then the UKI's.
     initrds: list[Part] = [Part(".ucode", a.path, a.ucode) for a in reversed(loaded) if a.ucode]
-    for name in (".ucode",):
-        if (p := part(name)) is not None:
-            initrds.append(p)
+    if (p := part(".ucode")) is not None:
+        initrds.append(p)
     if user_initrd is not None:
         initrds.append(Part("--initrd", user_initrd[0], user_initrd[1]))
     if (p := part(".initrd")) is not None:
