@@ -133,6 +133,7 @@ def test_locked_machine_ignores_given_cmdline(capsys, tmp_path, machine_extra, w
     code, out, err = run(capsys, "-l", str(path), "--append", "evil=1", "--machine", str(m))
     assert code == 0, err
     assert "command line: 'embedded=1'" in out and f"warning: the command line given was ignored: {why}" in out
+    assert "note: the UKI's own signature is not verified" in out
     # Without a .cmdline to protect, the stub takes the given one (and so do we).
     bare = make(tmp_path, "bare.efi", (".linux", KERNEL))
     doc = plan_json(capsys, m, str(bare), "--append", "mine=1")

@@ -264,6 +264,9 @@ def unpack(data: bytes, what: str, *, profile: int | None = None, addons: list[t
         "sections": [p.doc() for p in used],
         "initrd": [p.doc() for p in initrds],
     }
+    if locked:
+        notes.append("the UKI's own signature is not verified (the firmware does that at boot): kexec_file_load "
+                     "checks .linux alone; .cmdline and the initrd parts are as trustworthy as the file")
     for name in (".dtb", ".dtbauto", ".splash", ".efifw"):
         if name in chosen:
             notes.append(f"UKI section {name} not used: x86 kexec has no device tree, splash or firmware to load")
