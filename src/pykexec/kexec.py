@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pykexec.backends.protocol import Backend
     from pykexec.images.image_type import ImageType
-    from pykexec.images.uki import Unpacked
+    from pykexec.images.uki_unpack import Unpacked
     from pykexec.machine import Machine, XenInfo
 
 # --reuse-cmdline drops what belongs to the running kernel's boot only.
@@ -138,7 +138,7 @@ def plan(request: KexecRequest, machine: Machine | None = None, backend: Backend
 
 def plan_image(request: KexecRequest, machine: Machine, image: Image, backend: Backend) -> LoadPlan:
     """Plan the load of the already read ``image`` for ``backend``, then check it through
-    that backend. A UKI is unpacked first (:mod:`pykexec.images.uki`) and its ``.linux``
+    that backend. A UKI is unpacked first (:mod:`pykexec.images.uki_unpack`) and its ``.linux``
     planned as a bzImage with the initrd and command line systemd-stub would give it."""
     if request.crash and machine.crash_kernel is None:
         raise UsageError(f"no crash kernel region is reserved on {machine.source} "
@@ -205,7 +205,7 @@ def _unpack_uki(request: KexecRequest, machine: Machine, data: bytes, initrd: by
     """The UKI's kernel, initrd and command line as systemd-stub assembles them, the
     user's --initrd and command line (if any was given) taking the stub's places for a
     boot loader's initrd and command line."""
-    from pykexec.images import uki
+    from pykexec.images import uki_unpack
 
     locked = None
     if machine.secure_boot:
@@ -214,9 +214,9 @@ def _unpack_uki(request: KexecRequest, machine: Machine, data: bytes, initrd: by
         locked = f"the kernel is locked down ({machine.lockdown})"
     given = request.append is not None or request.reuse_cmdline
     addons = [(path, read_input(path, "UKI addon")) for path in request.uki_addons]
-    return uki.unpack(data, request.kernel, profile=request.uki_profile, addons=addons,
-                      user_initrd=(request.initrd, initrd) if request.initrd and initrd is not None else None,
-                      user_cmdline=cmdline if given else None, locked=locked)
+    return uki_unpack.unpack(data, request.kernel, profile=request.uki_profile, addons=addons,
+                             user_initrd=(request.initrd, initrd) if request.initrd and initrd is not None else None,
+                             user_cmdline=cmdline if given else None, locked=locked)
 
 
 # --- acting on the running system -------------------------------------------------------

@@ -17,7 +17,7 @@ from support.uki_synth import build_uki
 
 from pykexec import machine_file
 from pykexec.errors import KexecError
-from pykexec.images import pe_file, uki
+from pykexec.images import pe_file, uki, uki_unpack
 from pykexec.plan import LoadPlan
 from pykexec.request import LoadRequest
 
@@ -57,7 +57,7 @@ def test_uki(image: bytes, addon: bytes | None, profile: int | None, given_cmdli
     outcome(pe_file.parse, image)
     why = outcome(uki.probe, image)
     assert why is None or (isinstance(why, str) and "\n" not in why), repr(why)
-    unpacked = outcome(uki.unpack, image, "fuzz.efi", profile=profile,
+    unpacked = outcome(uki_unpack.unpack, image, "fuzz.efi", profile=profile,
                        addons=[("a.addon.efi", addon)] if addon is not None else None,
                        user_cmdline=given_cmdline, locked=locked)
     if why is not None:

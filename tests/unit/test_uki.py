@@ -14,7 +14,7 @@ import pytest
 
 from pykexec import cli, images
 from pykexec.errors import ImageFormatError
-from pykexec.images import pe_file, uki
+from pykexec.images import pe_file, uki, uki_unpack
 from pykexec.layouts import pe
 
 from support.synth_images import MACHINE_1G, make_bzimage
@@ -90,7 +90,7 @@ def test_uki_default_plan_uses_embedded_cmdline_and_initrd(capsys, tmp_path, mac
     # The kernel gets .linux itself, and the parts concatenated, each padded to 4 bytes.
     segs = {s["role"]: s for s in doc["segments"]}
     assert segs["kernel"]["sha256"] == sha(KERNEL)
-    extra = uki.extra_cpio("os-release", OSREL)
+    extra = uki_unpack.extra_cpio("os-release", OSREL)
     assert segs["initrd"]["sha256"] == sha(b"U" * 10 + bytes(2) + b"I" * 1001 + bytes(3) + extra)
     assert b".extra/os-release\0" in extra and extra.endswith(bytes(-len(extra) % 4)) and OSREL in extra
 
@@ -268,7 +268,7 @@ def test_bzimage_is_not_taken_for_a_uki(tmp_path):
 
 
 def test_mangle_and_os_release():
-    assert uki.mangle_cmdline("a=1\nb=2\n\n") == "a=1 b=2"
-    assert uki.section_text(b"a=1\0garbage") == "a=1"
-    assert uki.os_release_field("ID=x\nPRETTY_NAME='Y Z'\n", "PRETTY_NAME") == "Y Z"
-    assert uki.os_release_field("ID=x\n", "PRETTY_NAME") is None
+    assert uki_unpack.mangle_cmdline("a=1\nb=2\n\n") == "a=1 b=2"
+    assert uki_unpack.section_text(b"a=1\0garbage") == "a=1"
+    assert uki_unpack.os_release_field("ID=x\nPRETTY_NAME='Y Z'\n", "PRETTY_NAME") == "Y Z"
+    assert uki_unpack.os_release_field("ID=x\n", "PRETTY_NAME") is None
