@@ -39,7 +39,8 @@ COMMANDS = {
     "info": ("pykexec vmcore info [--json] PATH",
              "what a dump holds: notes, each CPU's registers, VMCOREINFO, Xen's crash information"),
     "save": ("pykexec vmcore save [--format kdump|elf] [--compress zstd|zlib|lzo|snappy|none] [--level N]\n"
-             "                           [-d LEVEL] [--threads N] [-c|-z|-l|-p|-E] [--force] SRC DST\n"
+             "                           [-d LEVEL] [--threads N] [-c|-z|-l|-p|-E] [--xen-keep-domain ID]...\n"
+             "                           [--force] SRC DST\n"
              "       pykexec vmcore save -F [OPTIONS] SRC > STREAM",
              "save a dump kdump-compressed (as makedumpfile -d 31 does) or as a filtered ELF core"),
     "reassemble": ("pykexec vmcore reassemble [--force] [SRC|-] DST",
@@ -66,8 +67,10 @@ SAVE_DESCRIPTION = """\
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
 kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
 By default (-d 31) zero, page-cache, user and free pages are left out, as
-makedumpfile -d 31 leaves them out; every other page is compressed.  Dumps
-of a Xen machine keep every non-zero page.
+makedumpfile -d 31 leaves them out; every other page is compressed.  A dump
+of a Xen machine keeps Xen's frames, leaves out its free frames (16) and other
+domains' frames (8; --xen-keep-domain keeps one), and filters dom0's frames as
+a Linux dump's pages.
 
 With -F (or DST -) the dump goes to standard output in makedumpfile's flattened
 format, which needs no seeking: through a pipe, e.g. | ssh HOST 'cat > vmcore.flat'.
