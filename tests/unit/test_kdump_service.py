@@ -38,7 +38,7 @@ def test_load_builds_the_crash_request_and_records_a_stamp(fake: FakeKexec, path
     assert outcome.action == "loaded"
     assert fake.loads == [KexecRequest(str(paths.kernel(RELEASE)), initrd=str(paths.initramfs),
                                        append="irqpoll nr_cpus=1 reset_devices panic=10", reuse_cmdline=True,
-                                       crash=True)]
+                                       crash=True, syscall="load")]
     stamp = json.loads(paths.stamp.read_text())
     assert stamp["kernel"] == str(paths.kernel(RELEASE)) and len(stamp["kernel_sha256"]) == 64
     assert stamp["initrd"] == str(paths.initramfs) and stamp["boot_id"] == "boot-1"
@@ -168,3 +168,13 @@ def test_cli_bad_configuration_is_one_line(paths: Paths, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert err == (f"pykexec: {paths.config}: dump_level = 99 is out of range: 0 to 31 (1 zero pages, 2 page "
                    "cache, 4 private cache, 8 user data, 16 free pages)\n")
+
+
+def test_the_crash_kernel_goes_through_kexec_file_load_only_under_lockdown(paths: Paths) -> None:
+    lockdown = paths.sys / "kernel/security/lockdown"
+    lockdown.parent.mkdir(parents=True, exist_ok=True)
+    assert service.crash_syscall(paths) == "load"  # no lockdown file
+    lockdown.write_text("[none] integrity confidentiality\n")
+    assert service.crash_syscall(paths) == "load"
+    lockdown.write_text("none [integrity] confidentiality\n")
+    assert service.crash_syscall(paths) == "file"
