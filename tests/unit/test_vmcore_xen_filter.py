@@ -195,3 +195,10 @@ def test_p2m_machine_runs_and_frames() -> None:
     frames = dict(p2m.frames())
     assert len(frames) == 1024 - 2 and 10 not in frames and 20 not in frames and frames[30] == 0x2000
     assert p2m.runs() == [(0, 10), (11, 20), (21, 1024)]
+
+
+def test_a_value_that_is_not_a_number_keeps_everything(tmp_path: Path) -> None:
+    core = xen_machine(tmp_path, info=INFO.replace(b"SIZE(page_info)=32", b"SIZE(page_info)=x"))
+    with ElfCore(core) as c:
+        ex = xen_excluded_pages(c, [(0, MACHINE_FRAMES)], drop_free=True, drop_guests=True)
+    assert ex.ranges == [] and "is not a number" in ex.note and ex.note.endswith("kept")

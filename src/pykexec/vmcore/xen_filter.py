@@ -129,8 +129,11 @@ def xen_excluded_pages(core: DumpMemory, ram: Sequence[tuple[int, int]], *, drop
     pgc = pgc_layout(int(major), int(minor))
     if pgc is None:
         return XenExclusion(f"Xen {facts.version}'s page_info flags are not known: {kept}")
-    size, count_off = info.size("page_info"), info.offset("page_info.count_info")
-    owner_off, id_off = info.offset("page_info._domain"), info.offset("domain.domain_id")
+    try:
+        size, count_off = info.size("page_info"), info.offset("page_info.count_info")
+        owner_off, id_off = info.offset("page_info._domain"), info.offset("domain.domain_id")
+    except VmcoreError as err:   # not a number
+        return XenExclusion(f"VMCOREINFO_XEN: {err}: {kept}")
     if not 16 <= size <= 256 or count_off % 8 or owner_off % 4 or size % 8 \
             or count_off + 8 > size or owner_off + 4 > size:
         return XenExclusion(f"VMCOREINFO_XEN's page_info layout is implausible (size {size}): {kept}")
