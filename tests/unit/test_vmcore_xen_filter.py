@@ -202,3 +202,67 @@ def test_a_value_that_is_not_a_number_keeps_everything(tmp_path: Path) -> None:
     with ElfCore(core) as c:
         ex = xen_excluded_pages(c, [(0, MACHINE_FRAMES)], drop_free=True, drop_guests=True)
     assert ex.ranges == [] and "is not a number" in ex.note and ex.note.endswith("kept")
+
+
+def test_dom0_frames_filtered_as_a_linux_dump(tmp_path: Path) -> None:
+    """The Linux machine of test_vmcore_save_synth as a PV dom0: its memory at machine
+    frames 1 GiB up (page-table entries rewritten to machine addresses, as PV's are), a
+    p2m, Xen's crash-info note.  Dom0's left-out frames are exactly the Linux ones,
+    moved by the p2m."""
+    from test_vmcore_save_synth import (
+        NPAGES,
+        PFN_PD_VM,
+        PFN_PDPT_DM,
+        PFN_PDPT_VM,
+        PFN_PML4,
+        PFN_PT_VM,
+        VMCOREINFO,
+        machine,
+        physical_memory,
+    )
+
+    from pykexec.layouts.elf import EHDR64_FMT, PHDR64_FMT, PT_LOAD, PT_NOTE
+    from pykexec.vmcore.filtering import excluded_pages
+    from pykexec.vmcore.paging import PageTables
+    from pykexec.vmcore.pfn_runs import merge
+    from pykexec.vmcore.vmcoreinfo import VmcoreInfo
+    from pykexec.vmcore.xen_filter import dom0_excluded_frames
+
+    off = 1 << 18                                   # machine frame of dom0's pfn 0: 1 GiB
+    mem = physical_memory()
+    plain, _ = machine(tmp_path, mem=bytearray(mem))
+    info = VmcoreInfo(("\n".join(VMCOREINFO) + "\n").encode())
+    with ElfCore(plain) as c:
+        want = excluded_pages(info, PageTables(lambda a, n: c.read(a, n, physical=True), info),
+                              [(0, NPAGES)], PAGE, 31)
+    assert want.counts["free"] == 516
+
+    def rebase(pfn: int, index: int) -> None:   # a table entry: physical -> machine address
+        at = pfn * PAGE + index * 8
+        struct.pack_into("<Q", mem, at, struct.unpack_from("<Q", mem, at)[0] + (off << 12))
+
+    for pfn in (PFN_PML4, PFN_PDPT_DM, PFN_PDPT_VM, PFN_PD_VM, PFN_PT_VM):
+        for i in range(512):
+            if struct.unpack_from("<Q", mem, pfn * PAGE + i * 8)[0] & 1:
+                rebase(pfn, i)
+    leaves = NPAGES // 512
+    root, mid = off + NPAGES, off + NPAGES + 1      # the p2m after dom0's memory
+    p2m = bytearray(b"\xff" * (2 + leaves) * PAGE)
+    struct.pack_into("<Q", p2m, 0, mid)
+    for k in range(leaves):
+        struct.pack_into("<Q", p2m, PAGE + 8 * k, root + 2 + k)
+        struct.pack_into("<512Q", p2m, (2 + k) * PAGE, *(off + k * 512 + j for j in range(512)))
+    crash = struct.pack("<10Q", 4, 17, 0, 0, 0, 0, 0, 0, XEN_PHYS_START, root)
+    notes = pack_note(b"Xen", XEN_ELFNOTE_CRASH_INFO, crash) + pack_note(b"VMCOREINFO", 0, info.raw)
+    body = bytes(mem) + bytes(p2m)
+    start = EHDR64_FMT.size + 2 * PHDR64_FMT.size
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    core = tmp_path / "dom0.elf"
+    core.write_bytes(EHDR64_FMT.pack(ident, 4, 62, 1, 0, 64, 0, 0, 64, 56, 2, 0, 0, 0)
+                     + PHDR64_FMT.pack(PT_NOTE, 0, start, 0, 0, len(notes), len(notes), 0)
+                     + PHDR64_FMT.pack(PT_LOAD, 7, start + len(notes), 0, off << 12, len(body), len(body), 0)
+                     + notes + body)
+    with ElfCore(core) as c:
+        runs, counts, note = dom0_excluded_frames(c, 31)
+    assert note == f"dom0: {want.note}" and counts == want.counts
+    assert runs == merge([(s + off, e + off) for s, e in want.ranges])
