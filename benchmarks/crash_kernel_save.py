@@ -16,6 +16,11 @@ rounds interleaved):
 * ``--variant OPTIONS`` (repeatable): more save options to time, e.g. ``--level -1`` or
   ``PYKEXEC_VMCORE_READ=pread`` (pages read with pread instead of from the map).
 
+Each row also gives the command's CPU time (user + system, its threads summed) and each
+CPU's busy time from /proc/stat over the run: the proof of how many CPUs a save used.
+``--crash-cpus 2`` gives the crash kernel two CPUs (``nr_cpus=2``, the guest ``-smp 2``)
+and adds ``makedumpfile --num-threads 2`` rows.
+
 Then it saves once through the map of /proc/vmcore and once through pread and checks that
 the two files are the same bytes.  ``--profile`` adds ``python3 -X importtime`` and a
 cProfile of the default save; ``--codecs`` times every codec and zstd level on the same
@@ -32,8 +37,8 @@ times, many times those of real hardware and skewed towards CPU-heavy work; the 
 between rows of one run are the point.  The first run of each program also pays for
 QEMU's code translation, so the table reports the best of the runs.
 
-    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--runs 3] \
-        [--variant OPTIONS]... [--profile] [--codecs]
+    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--crash-cpus 1] \
+        [--runs 3] [--variant OPTIONS]... [--profile] [--codecs]
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ PYKEXEC_DEFAULT = "pykexec vmcore save (zstd 1, -d 31)"
 # Runs in the crash kernel.  busybox has no usable `time`, so Python times each command;
 # one JSON line per run keeps the console parseable even with kernel messages around it.
 GUEST_TIMER = """\
-import hashlib, json, os, platform, subprocess, sys, time
+import hashlib, json, os, platform, resource, subprocess, sys, time
 
 with open("/testbed/ckbench.json") as f:
     COMMANDS = json.load(f)
@@ -91,6 +96,18 @@ def emit(tag, obj):
     print(tag, json.dumps(obj), flush=True)
 
 
+def cpu_busy():  # seconds each CPU spent busy (user, nice, system, irq, softirq) since boot
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        return [sum(map(int, line.split()[1:4] + line.split()[6:8])) / hz
+                for line in f if line.startswith("cpu") and line[3].isdigit()]
+
+
+def children_cpu():
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def meminfo(key):
     with open("/proc/meminfo") as f:
         for line in f:
@@ -99,16 +116,22 @@ def meminfo(key):
     return 0
 
 
-emit("%(info)s", {"release": platform.release(), "cpus": os.cpu_count(),
+with open("/sys/devices/system/cpu/online") as f:
+    online = f.read().strip()
+emit("%(info)s", {"release": platform.release(), "cpus": len(os.sched_getaffinity(0)), "online": online,
                    "vmcore": os.stat("/proc/vmcore").st_size, "memtotal": meminfo("MemTotal"),
                    "memavailable": meminfo("MemAvailable")})
 for run in range(1, RUNS + 1):
     for name, argv in COMMANDS:
         if os.path.exists(OUT):
             os.unlink(OUT)
+        busy, cpu = cpu_busy(), children_cpu()
         t = time.perf_counter()
         res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         seconds = time.perf_counter() - t
+        # The command's own CPU time (its threads summed) and each CPU's busy time over it.
+        cpu = children_cpu() - cpu
+        busy = [round(b - a, 2) for a, b in zip(busy, cpu_busy())]
         if res.returncode != 0:
             emit("%(fail)s", {"name": name, "rc": res.returncode,
                               "stdout": res.stdout.decode(errors="replace")[-2000:],
@@ -117,7 +140,8 @@ for run in range(1, RUNS + 1):
         size = os.stat(OUT).st_size if os.path.exists(OUT) else 0
         if os.path.exists(OUT):
             os.unlink(OUT)  # RAM is short: only one output at a time
-        emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size})
+        emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size, "cpu": cpu,
+                            "busy": busy})
 # The map of /proc/vmcore and pread(2) must save the same bytes (vmcore/elfcore.py).
 if RUNS:
     outs = {}
@@ -151,20 +175,32 @@ python3 /testbed/ckbench.py "$RUNS" {OUT}
 echo "{DONE} rc=$?"
 """
 
-FIRST_KERNEL = ("pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
-                "--append 'console=ttyS0 panic=-1 maxcpus=1 reset_devices' && "
-                "echo c > /proc/sysrq-trigger\n"
-                "echo 'crash kernel load failed'\n")
+
+
+def first_kernel(crash_cpus: int) -> str:
+    """The crashing guest's script: one CPU in the crash kernel as kdump runs it
+    (``maxcpus=1``), or ``nr_cpus=N`` to give it N."""
+    cpus = "maxcpus=1" if crash_cpus == 1 else f"nr_cpus={crash_cpus}"
+    return ("pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
+            f"--append 'console=ttyS0 panic=-1 {cpus} reset_devices' && "
+            "echo c > /proc/sysrq-trigger\n"
+            "echo 'crash kernel load failed'\n")
 
 
 @dataclass
 class Row:
     times: list[float]
     size: int
+    cpu: list[float]
+    busy: list[list[float]]
 
     @property
     def best(self) -> float:
         return min(self.times)
+
+    @property
+    def best_run(self) -> int:
+        return self.times.index(self.best)
 
 
 def native_files(stage: Path) -> dict[str, Path]:
@@ -182,7 +218,7 @@ def native_files(stage: Path) -> dict[str, Path]:
 
 
 def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, commands: list[tuple[str, list[str]]],
-                        profile: bool = False, codecs: bool = False) -> tuple[dict[str, Any], dict[str, Row]]:
+                        profile: bool = False, codecs: bool = False, crash_cpus: int = 1) -> tuple[dict[str, Any], dict[str, Row]]:
     assets = Assets()
     with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
         files: dict[str, Path | str | bytes] = dict(native_files(Path(tmp) / "stage"))
@@ -197,7 +233,7 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
                                 with_python=True, with_pykexec=True, assets=assets, kernels=(),
                                 compress=True)
         run = run_guest_script(
-            FIRST_KERNEL, assets, kernel=kernel, smp=smp, memory=GUEST_MEMORY,
+            first_kernel(crash_cpus), assets, kernel=kernel, smp=max(smp, crash_cpus), memory=GUEST_MEMORY,
             append_extra="crashkernel=256M", extra_files={"testbed/crash.cpio.gz": crash},
             guest_kernels=(kernel,), with_kexec_tools=False, timeout=timeout, until=DONE)
     print(f"serial log: {run.log_path} ({run.duration:.0f} s)")
@@ -212,7 +248,10 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
     rows: dict[str, Row] = {}
     for m in re.finditer(rf"{RESULT} (\{{.*\}})", run.log):
         r = json.loads(m.group(1))
-        rows.setdefault(r["name"], Row([], r["bytes"])).times.append(r["seconds"])
+        row = rows.setdefault(r["name"], Row([], r["bytes"], [], []))
+        row.times.append(r["seconds"])
+        row.cpu.append(r["cpu"])
+        row.busy.append(r["busy"])
     if runs and set(rows) != {name for name, _ in commands}:
         raise SystemExit(f"results missing for {sorted({n for n, _ in commands} - set(rows))}")
     same = re.search(rf"{SAME} (\{{.*\}})", run.log)
@@ -232,17 +271,20 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
 
 def report(kernel: str, smp: int, info: dict[str, Any], rows: dict[str, Row]) -> None:
     size = info["vmcore"]
-    print(f"\ncrash kernel {info['release']} (guest {kernel}, smp {smp}; crash kernel {info['cpus']} CPU, "
+    print(f"\ncrash kernel {info['release']} (guest {kernel}, smp {smp}; crash kernel {info['cpus']} CPU (online {info.get('online')}), "
           f"MemTotal {info['memtotal'] / 2**20:.0f} MiB, MemAvailable {info['memavailable'] / 2**20:.0f} MiB); "
           f"/proc/vmcore {size / 1e6:.0f} MB; times under TCG")
     runs = len(next(iter(rows.values())).times)
     heads = " ".join(f"{f'run {i + 1} s':>8s}" for i in range(runs))
-    print(f"{'command':38s} {heads} {'best s':>8s} {'MB/s':>7s} {'out MB':>7s}")
+    # CPU s: the command's user+system time in the best run (its threads summed: above the
+    # wall time, more than one CPU worked); busy: each CPU's busy seconds in that run.
+    print(f"{'command':38s} {heads} {'best s':>8s} {'MB/s':>7s} {'out MB':>7s} {'CPU s':>6s}  busy s per CPU")
     for name, row in rows.items():
         times = " ".join(f"{t:8.2f}" for t in row.times)
         rate = f"{size / row.best / 1e6:7.1f}" if name != HELP else f"{'-':>7s}"
         out = f"{row.size / 1e6:7.1f}" if row.size else f"{'-':>7s}"
-        print(f"{name:38s} {times} {row.best:8.2f} {rate} {out}")
+        busy = " ".join(f"{b:.2f}" for b in row.busy[row.best_run])
+        print(f"{name:38s} {times} {row.best:8.2f} {rate} {out} {row.cpu[row.best_run]:6.2f}  {busy}")
     cat, start = rows[CAT].best, rows[HELP].best
     # MB/s is the dump's size over the time, whatever part of it a command reads.
     print("ratios (best times; start-up ~ the --help row):")
@@ -268,7 +310,10 @@ def variant(options: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", default="6.1", choices=("6.1", "6.12"))
-    ap.add_argument("--smp", type=int, default=1, help="CPUs of the crashing guest (the crash kernel uses one)")
+    ap.add_argument("--smp", type=int, default=1, help="CPUs of the crashing guest (at least --crash-cpus)")
+    ap.add_argument("--crash-cpus", type=int, default=1,
+                    help="CPUs of the crash kernel: 1 is maxcpus=1, as kdump runs it; N is nr_cpus=N "
+                         "(and makedumpfile --num-threads N rows)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each command in the crash kernel")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before QEMU is killed")
     ap.add_argument("--variant", action="append", default=[],
@@ -278,12 +323,20 @@ def main() -> int:
     ap.add_argument("--codecs", action="store_true",
                     help="also time every codec on the same kept pages (benchmarks/crash_kernel_codecs.py)")
     args = ap.parse_args()
+    if args.crash_cpus < 1:
+        raise SystemExit("--crash-cpus must be at least 1")
     commands = COMMANDS + [(f"pykexec vmcore save {v}", variant(v)) for v in args.variant]
+    if args.crash_cpus > 1:
+        n = str(args.crash_cpus)
+        commands += [(f"makedumpfile -c --num-threads {n} -d 31",
+                      ["makedumpfile", "-c", "--num-threads", n, "-d", "31", "/proc/vmcore", OUT]),
+                     (f"makedumpfile -l --num-threads {n} -d 31",
+                      ["makedumpfile", "-l", "--num-threads", n, "-d", "31", "/proc/vmcore", OUT])]
     info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout, commands, args.profile,
-                                     args.codecs)
+                                     args.codecs, args.crash_cpus)
     if not rows:
         return 0
-    report(args.kernel, args.smp, info, rows)
+    report(args.kernel, max(args.smp, args.crash_cpus), info, rows)
     return 0
 
 
