@@ -44,6 +44,14 @@ def test_mem_lower_wins_only_when_smaller_and_at_least_256_kib():
     assert xck.trampoline(0x9FC0, 639, mem_lower_kib=639) == Range(0x8F000, 0x9F000)
 
 
+def test_a_zeroed_bda_wraps_the_trampoline_above_1_mib_whatever_mem_lower_says():
+    # UEFI without CSM: 0x40e and 0x413 read 0; mem_lower only wins when smaller, so
+    # 0 - 0x1000 wraps: 0xfffff000 & ~0xff << 4 = 0xffff0000 (flash), outside any backup.
+    tramp = xck.trampoline(0, 0, mem_lower_kib=639)
+    assert tramp == Range(0xFFFF0000, 0x100000000)
+    assert xck.uncovered(xck.low_writes(tramp), Range(0, 0xA0000)) == [tramp]
+
+
 def test_the_640k_backup_covers_what_xen_writes_on_qemu():
     backup = crash.backup_source(QEMU_1G)
     assert backup == Range(0, 0x9FC00)
