@@ -47,6 +47,7 @@ import argparse
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -212,6 +213,14 @@ def native_files(stage: Path) -> dict[str, Path]:
     missing = copy_shared_libs([Path(mdf)], stage, [])
     if missing:
         raise SystemExit(f"ldd could not resolve every library of {missing}")
+    # glibc loads libgcc_s with dlopen when a thread exits (pthread_exit unwinds):
+    # makedumpfile --num-threads aborted without it ("libgcc_s.so.1 must be installed").
+    libgcc = re.search(r"libgcc_s\.so\.1 \(libc6,x86-64\) => (\S+)",
+                       subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout)
+    if libgcc:
+        target = stage / libgcc.group(1).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(libgcc.group(1), target)
     (stage / "usr" / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(mdf, stage / "usr" / "bin" / "makedumpfile")
     return {child.name: child for child in stage.iterdir()}

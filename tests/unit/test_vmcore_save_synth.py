@@ -345,6 +345,25 @@ def test_threads_same_output(tmp_path: Path) -> None:
     assert (tmp_path / "t1").read_bytes() == (tmp_path / "t2").read_bytes()
 
 
+@pytest.mark.parametrize("truncate", [False, True])
+def test_threads_same_output_small_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            truncate: bool) -> None:
+    # Many small batches, each split over 2 compression threads, and a truncated source
+    # that stops in the middle of one: the same bytes as with 1 thread.
+    from pykexec.vmcore import kdump_writer
+
+    monkeypatch.setattr(kdump_writer, "CHUNK_PAGES", 64)
+    src, _ = machine(tmp_path)
+    if truncate:
+        with open(src, "r+b") as f:
+            f.truncate(src.stat().st_size - 300 * PAGE)
+    one = save(str(src), str(tmp_path / "t1"), threads=1, progress=False)
+    two = save(str(src), str(tmp_path / "t2"), threads=2, progress=False)
+    assert bool(one.incomplete) == truncate and two.incomplete == one.incomplete
+    assert (one.saved_pages, one.zero_pages) == (two.saved_pages, two.zero_pages)
+    assert (tmp_path / "t1").read_bytes() == (tmp_path / "t2").read_bytes()
+
+
 @pytest.mark.parametrize("compress,level", [("zstd", -5), ("zstd", 3), ("zlib", 9)])
 def test_levels_change_bytes_not_pages(tmp_path: Path, compress: str, level: int) -> None:
     src, mem = machine(tmp_path)
