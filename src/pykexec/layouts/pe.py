@@ -54,7 +54,7 @@ class SectionHeader(ctypes.LittleEndianStructure):
                 ("characteristics", u32)]
 
 
-PE_HEADER_SIZE = len(PE_SIGNATURE) + 20  # signature + COFF file header: the optional header follows
+PE_HEADER_SIZE = len(PE_SIGNATURE) + ctypes.sizeof(CoffFileHeader)  # the optional header follows
 
 assert ctypes.sizeof(CoffFileHeader) == 20
 assert ctypes.sizeof(SectionHeader) == 40

@@ -162,8 +162,9 @@ def pgc_layout(major: int, minor: int) -> PgcState | None:
 DOMID_IO = 0x7FF1
 DOMID_XEN = 0x7FF2
 DOMID_COW = 0x7FF3
-#: Xen's 1:1 map of machine memory (x86_64 without CONFIG_BIGMEM): ``pdx_to_virt``.
+#: Xen's 1:1 map of machine memory (x86_64 without CONFIG_BIGMEM, up to 5 TiB): ``pdx_to_virt``.
 DIRECTMAP_VIRT_START = 0xFFFF830000000000
+DIRECTMAP_VIRT_END = 0xFFFF880000000000
 
 
 # --- structures ---------------------------------------------------------------------------

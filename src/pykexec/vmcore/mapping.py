@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def map_readonly(path: str, min_size: int, too_small: Callable[[int], str]) -> mmap.mmap:
-    """``path`` mapped read-only; one-line VmcoreError if it cannot be opened, is a
-    directory, cannot be mapped, or has fewer than ``min_size`` bytes (``too_small(size)``
-    says why that is wrong)."""
+def open_dump(path: str, min_size: int, too_small: Callable[[int], str]) -> tuple[int, int]:
+    """``(fd, size)`` of ``path`` opened read-only; one-line VmcoreError if it cannot be
+    opened, is a directory, or has fewer than ``min_size`` bytes (``too_small(size)`` says
+    why that is wrong)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
@@ -28,10 +28,20 @@ def map_readonly(path: str, min_size: int, too_small: Callable[[int], str]) -> m
             raise VmcoreError(f"{path}: is a directory")
         if size < min_size:
             raise VmcoreError(f"{path}: {too_small(size)}")
-        try:
-            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as err:
-            raise VmcoreError(f"{path}: cannot map the file: {err}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def map_readonly(path: str, min_size: int, too_small: Callable[[int], str]) -> mmap.mmap:
+    """``path`` mapped read-only; one-line VmcoreError as :func:`open_dump`, or if it
+    cannot be mapped."""
+    fd, _size = open_dump(path, min_size, too_small)
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as err:
+        raise VmcoreError(f"{path}: cannot map the file: {err}") from None
     finally:
         os.close(fd)
 
@@ -52,20 +62,8 @@ class MapWindows:
     """
 
     def __init__(self, path: str, min_size: int, too_small: Callable[[int], str]) -> None:
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as err:
-            raise open_error(path, err) from None
+        self._fd, self.size = open_dump(path, min_size, too_small)
         self.path = path
-        try:
-            self.size = os.fstat(self._fd).st_size
-            if os.path.isdir(path):
-                raise VmcoreError(f"{path}: is a directory")
-            if self.size < min_size:
-                raise VmcoreError(f"{path}: {too_small(self.size)}")
-        except BaseException:
-            os.close(self._fd)
-            raise
         self._windows: dict[int, memoryview | None] = {}  # window index -> its map (None: pread)
 
     def _window(self, index: int) -> memoryview | None:

@@ -61,7 +61,14 @@ from pykexec.layouts.elf import (
     SHT_SYMTAB,
 )
 from pykexec.layouts.x86_paging import PAGE_SHIFT, PAGE_SIZE
-from pykexec.layouts.xen import VMCOREINFO_XEN_NOTE_NAME, XEN_ELFNOTE_CRASH_INFO, XEN_NOTE_NAME, XEN_VIRT_START
+from pykexec.layouts.xen import (
+    DIRECTMAP_VIRT_END,
+    DIRECTMAP_VIRT_START,
+    VMCOREINFO_XEN_NOTE_NAME,
+    XEN_ELFNOTE_CRASH_INFO,
+    XEN_NOTE_NAME,
+    XEN_VIRT_START,
+)
 from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.paging import PageTableWalker, pa_symbol, read_translated, top_table_symbol
 from pykexec.vmcore.xen_dom0 import INVALID_P2M_ENTRY, P2m, find_vmcoreinfo
@@ -78,17 +85,12 @@ if TYPE_CHECKING:
 
 #: Xen's image mapping (Xen 4.4+, x86_64): 1 GiB from XEN_VIRT_START; linked at +2 MiB.
 XEN_VIRT_SIZE = 1 << 30
-#: The 1:1 map of machine memory (without CONFIG_BIGMEM), up to 5 TiB.
-DIRECTMAP_VIRT_START = 0xFFFF830000000000
-DIRECTMAP_VIRT_END = 0xFFFF880000000000
 
 #: Bigger rings are corruption (Xen caps conring_size far below this).
 MAX_CONRING_SIZE = 1 << 28
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-#: new_utsname: sysname[65], nodename[65], release[65], ...
-_UTS_RELEASE = 2 * 65
 
 NO_DOM0_VMCOREINFO = ("this Xen dump has no dom0 VMCOREINFO: neither saved at load time (pykexec -p) "
                       "nor found in dom0's memory")
@@ -357,10 +359,12 @@ class Dom0Memory:
     def _leads_to_itself(self, info: VmcoreInfo) -> bool:
         """A VMCOREINFO found in memory is dom0's own when its page tables and
         ``init_uts_ns`` give back its OSRELEASE (not a stale copy of another's)."""
+        from pykexec.layouts.kdump import NewUtsname  # ctypes: not on every Xen dump's path
+
         release = (info.osrelease or "").encode()
         try:
             uts = info.symbol("init_uts_ns") + info.offset("uts_namespace.name")
-            got = self._dom0_walker(info).read(uts + _UTS_RELEASE, len(release) + 1)
+            got = self._dom0_walker(info).read(uts + NewUtsname.release.offset, len(release) + 1)
         except VmcoreError:
             return False
         return bool(release) and got == release + b"\0"
