@@ -62,7 +62,6 @@ def test_save_zstd_read_back_by_drgn(vmcore: tuple[str, Path], tmp_path: Path) -
                          capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert (src.stat().st_mtime_ns, src.stat().st_size) == before
-    assert dst.stat().st_size < src.stat().st_size // 10
 
     with ElfCore(src) as core, KdumpFile(dst) as k:
         h = k.header
@@ -77,6 +76,26 @@ def test_save_zstd_read_back_by_drgn(vmcore: tuple[str, Path], tmp_path: Path) -
         kernel_free = _kernel_free_pages(core)
         assert abs(excluded - kernel_free) <= 16, (excluded, kernel_free)
         assert excluded > ram // 2
+        # Compressed: how much depends on what the guest held at the crash (a fixed
+        # fraction of the source's size is not a property of the tool). What is: zero
+        # pages found while copying share one stored zero page (as makedumpfile's
+        # pd_zero); any other page is stored raw only where zstd would not make it
+        # smaller; every byte after the descriptors belongs to a page.
+        import zstandard
+
+        descs = dict((pfn, k.page_desc(pfn)) for pfn in saved)
+        raw = [pfn for pfn, (_o, size, flags, _p) in descs.items() if not flags & L.DUMP_DH_COMPRESSED_ZSTD]
+        assert all(descs[pfn][1] == 4096 for pfn in raw)
+        page_bytes = lambda pfn: core.read(pfn * 4096, 4096, physical=True)  # noqa: E731
+        first_offset = min(off for off, _s, _f, _p in descs.values())
+        shared = [pfn for pfn in raw if descs[pfn][0] == first_offset]
+        assert all(page_bytes(pfn) == bytes(4096) for pfn in shared)
+        level1 = zstandard.ZstdCompressor(level=1)
+        alone = [pfn for pfn in raw if descs[pfn][0] != first_offset]
+        assert len({descs[pfn][0] for pfn in alone}) == len(alone)
+        assert all(len(level1.compress(page_bytes(pfn))) >= 4096 - 32 for pfn in alone), "a page kept raw"
+        assert len(alone) < len(saved) // 2
+        assert max(off + size for off, size, _f, _p in descs.values()) == dst.stat().st_size
 
         # drgn reads kdump-compressed files through libkdumpfile: an independent reader.
         import drgn
