@@ -37,7 +37,7 @@ times, many times those of real hardware and skewed towards CPU-heavy work; the 
 between rows of one run are the point.  The first run of each program also pays for
 QEMU's code translation, so the table reports the best of the runs.
 
-    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--crash-cpus 1] \
+    .venv/bin/python benchmarks/crash_kernel_save.py [--kernel 6.1] [--smp 1] [--crash-cpus 1] [--memory 1G] [--workload] \
         [--runs 3] [--variant OPTIONS]... [--profile] [--codecs]
 """
 
@@ -88,7 +88,7 @@ FLAKY = "--num-threads"
 # Runs in the crash kernel.  busybox has no usable `time`, so Python times each command;
 # one JSON line per run keeps the console parseable even with kernel messages around it.
 GUEST_TIMER = """\
-import hashlib, json, os, platform, resource, subprocess, sys, time
+import hashlib, json, os, platform, subprocess, sys, time
 
 with open("/testbed/ckbench.json") as f:
     COMMANDS = json.load(f)
@@ -107,9 +107,14 @@ def cpu_busy():  # seconds each CPU spent busy (user, nice, system, irq, softirq
                 for line in f if line.startswith("cpu") and line[3].isdigit()]
 
 
-def children_cpu():
-    use = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return use.ru_utime + use.ru_stime
+def kdump_pages(path):  # (pages in the dump's RAM bitmap, pages saved) of a kdump-compressed file
+    from pykexec.vmcore.kdump import KdumpFile
+
+    with open(path, "rb") as f:
+        if f.read(8) != b"KDUMP   ":
+            return None
+    with KdumpFile(path) as k:
+        return int.from_bytes(k.bitmap1, "little").bit_count(), k.num_saved
 
 
 def meminfo(key):
@@ -129,25 +134,31 @@ for run in range(1, RUNS + 1):
     for name, argv in COMMANDS:
         if os.path.exists(OUT):
             os.unlink(OUT)
-        busy, cpu = cpu_busy(), children_cpu()
+        busy = cpu_busy()
         t = time.perf_counter()
-        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        seconds = time.perf_counter() - t
-        # The command's own CPU time (its threads summed) and each CPU's busy time over it.
-        cpu = children_cpu() - cpu
+        with open("/tmp/cmd.out", "w+b") as out, open("/tmp/cmd.err", "w+b") as err:
+            child = subprocess.Popen(argv, stdout=out, stderr=err)
+            # wait4: this command's own CPU time (its threads summed) and peak RSS.
+            _pid, status, use = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - t
+            rc = os.waitstatus_to_exitcode(status)
+            out.seek(0), err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        cpu = use.ru_utime + use.ru_stime
         busy = [round(b - a, 2) for a, b in zip(busy, cpu_busy())]
-        if res.returncode != 0:
-            emit("%(fail)s", {"name": name, "rc": res.returncode,
-                              "stdout": res.stdout.decode(errors="replace")[-2000:],
-                              "stderr": res.stderr.decode(errors="replace")[-4000:]})
+        if rc != 0:
+            emit("%(fail)s", {"name": name, "rc": rc,
+                              "stdout": stdout.decode(errors="replace")[-2000:],
+                              "stderr": stderr.decode(errors="replace")[-4000:]})
             if "--num-threads" in argv:  # see FLAKY: that run is left out, the others go on
                 continue
             sys.exit(1)
         size = os.stat(OUT).st_size if os.path.exists(OUT) else 0
+        pages = kdump_pages(OUT) if size else None
         if os.path.exists(OUT):
             os.unlink(OUT)  # RAM is short: only one output at a time
         emit("%(result)s", {"name": name, "run": run, "seconds": seconds, "bytes": size, "cpu": cpu,
-                            "busy": busy})
+                            "busy": busy, "maxrss": use.ru_maxrss * 1024, "pages": pages})
 # The map of /proc/vmcore and pread(2) must save the same bytes (vmcore/elfcore.py).
 if RUNS:
     outs = {}
@@ -183,11 +194,19 @@ echo "{DONE} rc=$?"
 
 
 
-def first_kernel(crash_cpus: int) -> str:
+def _bytes(size: str) -> int:
+    """QEMU's memory size spelling (``1G``, ``512M``) in bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(size[:-1]) * units[size[-1].upper()] if size[-1].upper() in units else int(size) << 20
+
+
+def first_kernel(crash_cpus: int, workload: list[str] | None = None) -> str:
     """The crashing guest's script: one CPU in the crash kernel as kdump runs it
-    (``maxcpus=1``), or ``nr_cpus=N`` to give it N."""
+    (``maxcpus=1``), or ``nr_cpus=N`` to give it N; ``workload``: the virtio block
+    modules for benchmarks/first_kernel_workload.py, run first."""
     cpus = "maxcpus=1" if crash_cpus == 1 else f"nr_cpus={crash_cpus}"
-    return ("pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
+    fill = f"python3 /testbed/workload.py {' '.join(workload)}\n" if workload is not None else ""
+    return (fill + "pykexec -p /boot/vmlinuz --initrd /testbed/crash.cpio.gz "
             f"--append 'console=ttyS0 panic=-1 {cpus} reset_devices' && "
             "echo c > /proc/sysrq-trigger\n"
             "echo 'crash kernel load failed'\n")
@@ -199,6 +218,9 @@ class Row:
     size: int
     cpu: list[float]
     busy: list[list[float]]
+    maxrss: list[int]
+    #: (pages in the output's RAM bitmap, pages saved) for a kdump-compressed output
+    pages: tuple[int, int] | None = None
 
     @property
     def best(self) -> float:
@@ -224,9 +246,27 @@ def native_files(stage: Path) -> dict[str, Path]:
 
 
 def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, commands: list[tuple[str, list[str]]],
-                        profile: bool = False, codecs: bool = False, crash_cpus: int = 1) -> tuple[dict[str, Any], dict[str, Row]]:
+                        profile: bool = False, codecs: bool = False, crash_cpus: int = 1,
+                        memory: str = GUEST_MEMORY, workload: bool = False) -> tuple[dict[str, Any], dict[str, Row]]:
+    """Boot the first kernel (``memory``, after benchmarks/first_kernel_workload.py if
+    ``workload``), panic it, time ``commands`` in the crash kernel: (info, rows by name).
+    With ``workload``, ``info["workload"]`` is what the workload reported."""
     assets = Assets()
     with tempfile.TemporaryDirectory(prefix="ckbench-") as tmp:
+        first_files: dict[str, Path | str | bytes] = {"testbed/crash.cpio.gz": Path(tmp) / "crash.cpio.gz"}
+        extra_args: list[str] = []
+        modules: list[str] | None = None
+        if workload:
+            from support.vmcore_fixture import virtio_blk_module_files
+
+            first_files["testbed/workload.py"] = Path(__file__).parent / "first_kernel_workload.py"
+            mods = virtio_blk_module_files(assets, kernel)
+            first_files.update({f"testbed/{name}": data for name, data in mods.items()})
+            modules = [f"/testbed/{name}" for name in mods]
+            disk = Path(tmp) / "cache.img"
+            with open(disk, "wb") as f:
+                f.truncate(_bytes(memory))  # sparse; the workload writes 40% of the guest's memory into it
+            extra_args = ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
         files: dict[str, Path | str | bytes] = dict(native_files(Path(tmp) / "stage"))
         files["testbed/ckbench.py"] = GUEST_TIMER.encode()
         files["testbed/ckbench.json"] = json.dumps(commands).encode()
@@ -235,12 +275,12 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
         if profile:
             files["testbed/ckprofile.json"] = json.dumps(["-m", "pykexec.vmcore.cli", "save", "/proc/vmcore",
                                                           OUT]).encode()
-        crash = build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,
+        build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,
                                 with_python=True, with_pykexec=True, assets=assets, kernels=(),
                                 compress=True)
         run = run_guest_script(
-            first_kernel(crash_cpus), assets, kernel=kernel, smp=max(smp, crash_cpus), memory=GUEST_MEMORY,
-            append_extra="crashkernel=256M", extra_files={"testbed/crash.cpio.gz": crash},
+            first_kernel(crash_cpus, modules), assets, kernel=kernel, smp=max(smp, crash_cpus), memory=memory,
+            append_extra="crashkernel=256M", extra_files=first_files, extra_args=extra_args,
             guest_kernels=(kernel,), with_kexec_tools=False, timeout=timeout, until=DONE)
     print(f"serial log: {run.log_path} ({run.duration:.0f} s)")
     for m in re.finditer(rf"{FAIL} (\{{.*\}})", run.log):
@@ -251,13 +291,20 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
     info = re.search(rf"{INFO} (\{{.*\}})", run.log)
     if not done or done.group(1) != "0" or not info:
         raise SystemExit(f"the crash-kernel benchmark did not complete\n{run.describe()}")
+    facts = json.loads(info.group(1))
+    if workload:
+        filled = re.search(r"PYKEXEC-WORKLOAD (\{.*\})", run.log)
+        if not filled:
+            raise SystemExit(f"the first kernel's workload did not report\n{run.describe()}")
+        facts["workload"] = json.loads(filled.group(1))
     rows: dict[str, Row] = {}
     for m in re.finditer(rf"{RESULT} (\{{.*\}})", run.log):
         r = json.loads(m.group(1))
-        row = rows.setdefault(r["name"], Row([], r["bytes"], [], []))
+        row = rows.setdefault(r["name"], Row([], r["bytes"], [], [], [], r["pages"] and tuple(r["pages"])))
         row.times.append(r["seconds"])
         row.cpu.append(r["cpu"])
         row.busy.append(r["busy"])
+        row.maxrss.append(r["maxrss"])
     missing = {name for name, argv in commands if FLAKY not in argv} - set(rows)
     if runs and missing:
         raise SystemExit(f"results missing for {sorted(missing)}")
@@ -273,7 +320,7 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
     if profile:
         m = re.search(rf"{PROFILE} begin\n(.*?){PROFILE} end", run.log, re.S)
         print(m.group(1) if m else "no profile in the log")
-    return json.loads(info.group(1)), rows
+    return facts, rows
 
 
 def report(kernel: str, smp: int, info: dict[str, Any], rows: dict[str, Row]) -> None:
@@ -285,13 +332,17 @@ def report(kernel: str, smp: int, info: dict[str, Any], rows: dict[str, Row]) ->
     heads = " ".join(f"{f'run {i + 1} s':>8s}" for i in range(runs))
     # CPU s: the command's user+system time in the best run (its threads summed: above the
     # wall time, more than one CPU worked); busy: each CPU's busy seconds in that run.
-    print(f"{'command':38s} {heads} {'best s':>8s} {'MB/s':>7s} {'out MB':>7s} {'CPU s':>6s}  busy s per CPU")
+    # peak MiB: the command's maximum resident set (wait4); saved: pages in the output.
+    print(f"{'command':38s} {heads} {'best s':>8s} {'MB/s':>7s} {'out MB':>7s} {'saved':>8s} {'CPU s':>6s} "
+          f"{'peak MiB':>8s}  busy s per CPU")
     for name, row in rows.items():
         times = " ".join(f"{t:8.2f}" for t in row.times)
         rate = f"{size / row.best / 1e6:7.1f}" if name != HELP else f"{'-':>7s}"
         out = f"{row.size / 1e6:7.1f}" if row.size else f"{'-':>7s}"
+        saved = f"{row.pages[1]:8d}" if row.pages else f"{'-':>8s}"
         busy = " ".join(f"{b:.2f}" for b in row.busy[row.best_run])
-        print(f"{name:38s} {times} {row.best:8.2f} {rate} {out} {row.cpu[row.best_run]:6.2f}  {busy}")
+        print(f"{name:38s} {times} {row.best:8.2f} {rate} {out} {saved} {row.cpu[row.best_run]:6.2f} "
+              f"{max(row.maxrss) / 2**20:8.1f}  {busy}")
     cat, start = rows[CAT].best, rows[HELP].best
     # MB/s is the dump's size over the time, whatever part of it a command reads.
     print("ratios (best times; start-up ~ the --help row):")
@@ -322,6 +373,9 @@ def main() -> int:
                     help="CPUs of the crash kernel: 1 is maxcpus=1, as kdump runs it; N is nr_cpus=N "
                          "(and makedumpfile --num-threads N rows)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each command in the crash kernel")
+    ap.add_argument("--memory", default=GUEST_MEMORY, help="the first kernel's RAM (QEMU -m), e.g. 8G")
+    ap.add_argument("--workload", action="store_true",
+                    help="fill the first kernel's memory first (benchmarks/first_kernel_workload.py)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before QEMU is killed")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra `pykexec vmcore save` options to time too (repeatable), e.g. '--compress lzo'")
@@ -340,7 +394,9 @@ def main() -> int:
                      (f"makedumpfile -l --num-threads {n} -d 31",
                       ["makedumpfile", "-l", "--num-threads", n, "-d", "31", "/proc/vmcore", OUT])]
     info, rows = run_in_crash_kernel(args.kernel, args.smp, args.runs, args.timeout, commands, args.profile,
-                                     args.codecs, args.crash_cpus)
+                                     args.codecs, args.crash_cpus, args.memory, args.workload)
+    if "workload" in info:
+        print("first kernel's workload:", json.dumps(info["workload"]))
     if not rows:
         return 0
     report(args.kernel, max(args.smp, args.crash_cpus), info, rows)

@@ -49,7 +49,7 @@ dd if=/proc/vmcore of=/dev/vda bs=1M conv=fsync 2>/dev/null && echo "{SAVED_MARK
 """
 
 
-def _module_files(assets: Assets, kernel: str) -> dict[str, bytes]:
+def virtio_blk_module_files(assets: Assets, kernel: str) -> dict[str, bytes]:
     """``crash/<name>.ko`` -> module bytes, xz-decompressed (busybox insmod wants plain ELF)."""
     files: dict[str, bytes] = {}
     for name in VIRTIO_BLK_MODULES:
@@ -92,7 +92,7 @@ def _make(assets: Assets, kernel: str, smp: int, out: Path, timeout: float) -> N
     work = Path(tempfile.mkdtemp(prefix="mk-", dir=out.parent))
     try:
         crash_initrd = work / "crash.cpio.gz"
-        files: dict[str, Path | str | bytes] = dict(_module_files(assets, kernel))
+        files: dict[str, Path | str | bytes] = dict(virtio_blk_module_files(assets, kernel))
         build_initramfs(crash_initrd, _CRASH_SCRIPT, files, assets=assets, kernels=(), compress=True)
         disk = work / "disk.img"
         with open(disk, "wb") as f:
@@ -209,7 +209,7 @@ def _make_xen(assets: Assets, smp: int, out: Path, timeout: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="mkxen-", dir=out.parent))
     try:
         crash = work / "crash.cpio.gz"
-        build_initramfs(crash, _CRASH_SCRIPT, dict(_module_files(assets, "6.1")), assets=assets,
+        build_initramfs(crash, _CRASH_SCRIPT, dict(virtio_blk_module_files(assets, "6.1")), assets=assets,
                         kernels=(), compress=True)
         script, files = xen.dom0_python_init(_XEN_DOM0_BODY, assets)
         files["/boot/crash.cpio.gz"] = crash.read_bytes()
