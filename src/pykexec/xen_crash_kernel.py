@@ -12,16 +12,26 @@ elfcorehdr from its module string.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pykexec import crash
 from pykexec.errors import UsageError
 from pykexec.images import multiboot_common as common
-from pykexec.memory import MemoryMap, Range
+from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
+from pykexec.layouts.x86_paging import PAGE_SIZE
+from pykexec.linux_boot import window_for
+from pykexec.machine import Machine
+from pykexec.memory import Allocator, MemoryMap, Range, align_up
+from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
+from pykexec.request import LoadRequest
 
 TRAMPOLINE_AREA = 64 * 1024  # TRAMPOLINE_SPACE + TRAMPOLINE_STACK_SPACE (asm/config.h)
 EARLY_STACK = Range(0xFFC, 0x1000)  # head.S __start: esp = 0x1000, one call/pop
 NO_REAL_MODE = "no-real-mode"
 DOM0_CMDLINE_MAX = 1023  # MAX_GUEST_CMDLINE (1024) with its NUL; Xen truncates silently
 _U32 = 0xFFFFFFFF
+BDA_EBDA_SEGMENT = 0x40E  # u16: the EBDA's real-mode segment
+BDA_BASE_MEMORY = 0x413  # u16: conventional memory in KiB
 
 
 def trampoline(ebda_segment: int, base_memory_kib: int, mem_lower_kib: int = 0) -> Range:
@@ -91,3 +101,121 @@ def multiboot_mmap(crash_map: MemoryMap) -> list[tuple[int, int, int]]:
     if len(entries) < 2:
         raise UsageError("-p: the crash Xen's memory map has fewer than 2 entries, which Xen 4.17 ignores")
     return entries
+
+
+# --- the BIOS data area Xen reads ---------------------------------------------------------
+
+def bios_data_area(machine: Machine) -> tuple[int, int] | None:
+    """(EBDA segment, base memory KiB) as Xen's head.S will read them at 0x40e/0x413,
+    from /dev/mem (the first MiB is readable even under STRICT_DEVMEM); None when
+    unknown (a --machine file, no /dev/mem)."""
+    if machine.source != "this machine":
+        return None
+    try:
+        with open("/dev/mem", "rb", buffering=0) as f:
+            f.seek(BDA_EBDA_SEGMENT)
+            seg = int.from_bytes(f.read(2), "little")
+            f.seek(BDA_BASE_MEMORY)
+            kib = int.from_bytes(f.read(2), "little")
+    except OSError:
+        return None
+    return seg, kib
+
+
+def assumed_bda(memory: MemoryMap) -> tuple[int, int]:
+    """What a PC BIOS puts in the BDA for this map: the EBDA right after the low RAM."""
+    low = crash.backup_source(memory)
+    end = low.end if low is not None else 0
+    return end >> 4, end >> 10
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+#: Builds the MBI: (command line, modules as (start, end, string), (mem_lower, mem_upper),
+#: mmap entries, image base) -> bytes. The Multiboot 2 loader supplies it.
+MbiBuilder = Callable[[bytes, list[tuple[int, int, bytes]], tuple[int, int], list[tuple[int, int, int]], int],
+                      bytes]
+
+
+def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: common.Relocation | None,
+         build_mbi: MbiBuilder, magic: int) -> LoadPlan:
+    """Xen (a Multiboot 2 image) as the crash kernel: every segment in the crash region,
+    low memory copied aside by purgatory, a map of only the backed-up low RAM and the
+    crash region, ``no-real-mode``, and dom0's module string with ``elfcorehdr=``."""
+    machine, path = req.machine, str(req.kernel_path)
+    if req.backend != BACKEND_KEXEC_LOAD:
+        raise UsageError(f"-p with {type_name}: only through kexec_load from a Linux host for now "
+                         f"(not {req.backend})")
+    if req.initrd is not None:
+        raise UsageError("--initrd is for Linux images; pass a multiboot kernel's initrd with --module")
+    if not req.modules:
+        raise UsageError(f"-p with {type_name}: dom0's kernel must be the first --module (it gets elfcorehdr=)")
+    region = machine.crash_kernel
+    assert region is not None  # the core refuses -p without one
+    low = crash.backup_source(machine.memory)
+    if low is None:
+        raise UsageError(f"-p with {type_name}: no RAM below 640 KiB on {machine.source} to copy aside, and "
+                         "Xen writes its trampoline there")
+    backup_src = Range(0, low.end)  # from 0: Xen's first stack bytes are at 0xffc
+    xen_args = xen_cmdline(req.cmdline)
+    kextra = xen_args.partition(" -- ")[2]
+
+    needed = len(image.chunks) + len(req.modules) + 4  # + backup, elfcorehdr, MBI, purgatory
+    if needed > KEXEC_SEGMENT_MAX:
+        raise UsageError(f"-p: {needed} segments (image, modules, backup, elfcorehdr, boot information, "
+                         f"purgatory); kexec_load takes at most {KEXEC_SEGMENT_MAX}")
+    alloc = Allocator(machine.memory.ram(), window_for(req))
+    linked_at = image.base
+    image = common.place_image(alloc, image, path, reloc)
+    modules = common.place_modules(alloc, req.modules)
+    plan = LoadPlan(image_type=type_name, backend=req.backend, crash=True, kernel_entry=image.entry,
+                    cmdline=f"{path} {xen_args}")
+    plan.segments.extend(Segment("kernel", s, n, b) for s, n, b in image.chunks)
+
+    copy = alloc.allocate(backup_src.size, what="low-memory backup")
+    backup = (backup_src, copy)
+    sources = machine.dump or crash.DumpSources()
+    ranges = crash.dump_ranges(machine.memory, region)
+    size = crash.elfcorehdr_size(sources, ranges, True)
+    hdr_addr = alloc.allocate(size, what="elfcorehdr")
+    header = crash.build_elfcorehdr(sources, ranges, backup=backup, address=hdr_addr)
+    kept = [Range.sized(copy, align_up(backup_src.size, PAGE_SIZE)), Range.sized(hdr_addr, align_up(size, PAGE_SIZE))]
+    crash_map = memory_map(machine.memory, region, kept)
+    mmap = multiboot_mmap(crash_map)
+    meminfo = common.basic_meminfo(crash_map)
+
+    bda = bios_data_area(machine)
+    if bda is None:
+        bda = assumed_bda(machine.memory)
+        plan.notes.append(f"BIOS data area unknown on {machine.source}: assumed EBDA segment {bda[0]:#x}, "
+                          f"base memory {bda[1]} KiB")
+    tramp = trampoline(bda[0], bda[1], meminfo[0])
+    missed = uncovered(low_writes(tramp), backup_src)
+    if missed:
+        raise UsageError(f"-p with {type_name}: Xen 4.17 would put its trampoline at {tramp} (EBDA segment "
+                         f"{bda[0]:#x}, base memory {bda[1]} KiB, mem_lower {meminfo[0]} KiB), outside the low "
+                         f"memory purgatory copies aside ({backup_src}): it would overwrite the dump")
+
+    dom0 = modules[0].module
+    strings = [common.module_cmdline(dom0._replace(cmdline=dom0_module_cmdline(dom0.cmdline, hdr_addr,
+                                                                                kextra=kextra)))]
+    strings += [common.module_cmdline(m.module) for m in modules[1:]]
+    if "\0" in xen_args:
+        raise UsageError("command line contains a NUL byte")
+    mbi = build_mbi(plan.cmdline.encode(), [(m.addr, m.end, s) for m, s in zip(modules, strings)],
+                    meminfo, mmap, image.base)
+    mbi_addr = alloc.allocate(len(mbi), max_addr=common.LAST_32BIT, what="boot information")
+
+    plan.segments.extend(Segment("module", p.addr, align_up(len(p.module.data), PAGE_SIZE), p.module.data)
+                         for p in modules)
+    plan.segments.append(Segment("backup", copy, align_up(backup_src.size, PAGE_SIZE), b""))
+    plan.segments.append(Segment("elfcorehdr", hdr_addr, align_up(size, PAGE_SIZE), header))
+    plan.segments.append(Segment("mbi", mbi_addr, align_up(len(mbi), PAGE_SIZE), mbi))
+    if image.base != linked_at:
+        plan.notes.append(f"image relocated from {linked_at:#x} to {image.base:#x}")
+    plan.notes.append(f"crash Xen: trampoline {tramp} inside the backup {backup_src} (copied to {copy:#x}); "
+                      f"dom0 gets elfcorehdr={hdr_addr:#x}")
+    plan.notes.append("crash Xen's memory map: " + ", ".join(f"{b:#x}+{n:#x}:{t}" for b, n, t in mmap))
+    common.attach_purgatory(plan, alloc, image.entry, magic, mbi_addr, req.purgatory_console, backup=backup)
+    return plan
+

@@ -249,7 +249,7 @@ def cli_cases(d: Path) -> list[Case]:
         ("cli-panic-without-crash-region", DRY + ["-p", "{dir}/bzImage"], "no crash kernel region"),
         ("cli-json-without-dry-run", ["--json", "-l", "{dir}/bzImage"], "--json only applies"),
         ("cli-multiboot-as-crash-kernel", ["--dry-run", "--machine", "{dir}/crash-machine.json", "-p", "{dir}/xen"],
-         "cannot be a crash kernel"),
+         "dom0's kernel must be the first --module"),
         ("cli-multiboot-with-initrd", DRY + ["--initrd", "{dir}/initrd", "-l", "{dir}/xen"], "--initrd is for Linux"),
         ("cli-xen-crash-efi-without-xen", ["--dry-run", "--machine", "{dir}/crash-machine.json", "--xen-crash-efi",
                                            "-p", "{dir}/bzImage"], "runs no Xen"),

@@ -126,3 +126,130 @@ def _tags(mbi: bytes) -> dict[int, bytes]:
         out[kind] = mbi[pos + 8:pos + size]
         pos += (size + 7) & ~7
     return out
+
+
+# --- the whole crash plan (xen_crash_kernel.plan through multiboot2.plan) -------------------
+
+from pykexec.crash import DumpSources, KernelImage  # noqa: E402
+from pykexec.images import multiboot2  # noqa: E402
+from pykexec.layouts import elf as E  # noqa: E402
+from pykexec.layouts.purgatory import PurgatoryParamsBlock  # noqa: E402
+from pykexec.machine import Machine  # noqa: E402
+from pykexec.purgatory import Purgatory  # noqa: E402
+from pykexec.request import LoadRequest, Module  # noqa: E402
+from support.multiboot_synth import xen_like  # noqa: E402
+
+SOURCES = DumpSources(cpu_notes=(Range.sized(0x3F000000, 0x400),), vmcoreinfo=Range.sized(0x3E000000, 0x1000),
+                      kernel_image=KernelImage(0xFFFFFFFF81000000, 0x1000000, 0x2000000), kernel_release="6.1.0")
+HOST = Machine(memory=QEMU_1G, crash_kernel=CRASH, dump=SOURCES, source="test machine")
+DOM0 = Module("vmlinuz", b"K" * 0x5000, "vmlinuz console=hvc0")
+INITRD = Module("initrd", b"I" * 0x3000, "initrd")
+
+
+def crash_plan(cmdline="console=com1 nosmp", modules=(DOM0, INITRD), machine=HOST, kernel=None, **kw):
+    return multiboot2.plan(LoadRequest("xen.gz", kernel or xen_like(), machine, cmdline=cmdline, crash=True,
+                                       modules=list(modules), **kw))
+
+
+def _seg(plan, role):
+    (seg,) = [s for s in plan.segments if s.role == role]
+    return seg
+
+
+def _mbi_tags(mbi: bytes) -> list[tuple[int, bytes]]:
+    total, _ = struct.unpack_from("<II", mbi)
+    out, pos = [], 8
+    while pos < total:
+        kind, size = struct.unpack_from("<II", mbi, pos)
+        out.append((kind, mbi[pos + 8:pos + size]))
+        pos += (size + 7) & ~7
+    return out
+
+
+def test_every_segment_of_the_crash_xen_lies_in_the_crash_region():
+    plan = crash_plan()
+    assert plan.crash and plan.backend == "kexec_load"
+    assert sorted(s.role for s in plan.segments) == sorted(
+        ["kernel", "module", "module", "backup", "elfcorehdr", "mbi", "purgatory"])
+    for s in plan.segments:
+        assert CRASH.contains(s.range), s
+    assert CRASH.contains(plan.entry) and CRASH.contains(plan.kernel_entry)
+    ordered = plan.sorted_segments()
+    assert all(a.range.end <= b.mem for a, b in zip(ordered, ordered[1:]))  # no overlaps
+    backup = _seg(plan, "backup")
+    assert backup.bufsz == 0 and backup.memsz == 0xA0000
+
+
+def test_purgatory_copies_low_memory_into_the_backup_segment_before_entering_xen():
+    plan = crash_plan()
+    purg = _seg(plan, "purgatory")
+    params = PurgatoryParamsBlock.from_buffer_copy(purg.data, Purgatory.load().params_offset)
+    assert (params.backup_src, params.backup_dst, params.backup_size) == (0, _seg(plan, "backup").mem, 0x9FC00)
+    assert params.mode == 1 and params.eax == 0x36D76289 and params.ebx == _seg(plan, "mbi").mem
+    assert params.entry == plan.kernel_entry
+
+
+def test_the_elfcorehdr_reads_low_memory_from_the_copy_and_leaves_the_crash_region_out():
+    plan = crash_plan()
+    hdr = _seg(plan, "elfcorehdr").data
+    ehdr = E.Elf64_Ehdr.from_buffer_copy(hdr)
+    phdrs = [E.Elf64_Phdr.from_buffer_copy(hdr, ehdr.e_phoff + i * ehdr.e_phentsize) for i in range(ehdr.e_phnum)]
+    loads = [(p.p_paddr, p.p_offset, p.p_memsz) for p in phdrs if p.p_type == E.PT_LOAD and p.p_vaddr < 0xFFFFFFFF80000000]
+    copy = _seg(plan, "backup").mem
+    assert loads == [(0x0, copy, 0x9FC00), (0x100000, 0x100000, CRASH.start - 0x100000),
+                     (CRASH.end, CRASH.end, 0x3FFE0000 - CRASH.end)]
+
+
+def test_xen_gets_no_real_mode_and_dom0_the_elfcorehdr_on_its_module_string():
+    plan = crash_plan(cmdline="console=com1 nosmp -- loglevel=8")
+    tags = _mbi_tags(_seg(plan, "mbi").data)
+    assert [t for k, t in tags if k == 1] == [b"xen.gz console=com1 nosmp no-real-mode -- loglevel=8\0"]
+    modules = [t for k, t in tags if k == 3]
+    hdr = _seg(plan, "elfcorehdr").mem
+    starts = [struct.unpack_from("<II", m) for m in modules]
+    assert [m[8:] for m in modules] == [f"vmlinuz console=hvc0 elfcorehdr={hdr:#x}\0".encode(), b"initrd\0"]
+    mods = [s for s in plan.segments if s.role == "module"]
+    assert starts == [(mods[0].mem, mods[0].mem + 0x5000), (mods[1].mem, mods[1].mem + 0x3000)]
+    assert plan.cmdline == "xen.gz console=com1 nosmp no-real-mode -- loglevel=8"
+
+
+def test_the_mbi_memory_map_is_low_ram_plus_the_crash_region_minus_the_kept_pieces():
+    plan = crash_plan()
+    tags = dict(_mbi_tags(_seg(plan, "mbi").data))
+    assert struct.unpack("<II", tags[4]) == (639, 0)
+    entries = [struct.unpack_from("<QQII", tags[6], 8 + 24 * i)[:3] for i in range((len(tags[6]) - 8) // 24)]
+    kept = sorted([_seg(plan, "backup").range, _seg(plan, "elfcorehdr").range])
+    assert kept[0].end == kept[1].start  # allocated top down, side by side
+    ram = [(b, n) for b, n, t in entries if t == 1]
+    assert ram == [(0, 0x9FC00), (CRASH.start, kept[0].start - CRASH.start),
+                   (kept[1].end, CRASH.end - kept[1].end)]
+    assert [(b, n, t) for b, n, t in entries if t != 1] == [
+        (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2), (0x3FFE0000, 0x20000, 2), (0xFFFC0000, 0x40000, 2)]
+
+
+def test_the_crash_plan_is_refused_when_xens_trampoline_would_miss_the_backup(monkeypatch):
+    monkeypatch.setattr(xck, "bios_data_area", lambda machine: (0, 0))  # UEFI without CSM: a zeroed BDA
+    with pytest.raises(UsageError, match=r"trampoline at 0xffff0000-0xffffffff .*outside the low memory"):
+        crash_plan()
+
+
+def test_the_crash_plan_uses_the_bda_when_it_is_known(monkeypatch):
+    monkeypatch.setattr(xck, "bios_data_area", lambda machine: (0x9000, 600))
+    plan = crash_plan()
+    assert any("trampoline 0x80000-0x8ffff inside the backup" in n for n in plan.notes), plan.notes
+    assert not any("BIOS data area unknown" in n for n in plan.notes)
+
+
+def test_other_crash_loads_of_multiboot_images_are_refused():
+    with pytest.raises(UsageError, match="dom0's kernel must be the first --module"):
+        crash_plan(modules=())
+    with pytest.raises(UsageError, match="only through kexec_load"):
+        crash_plan(backend="xen_kexec_op")
+    with pytest.raises(UsageError, match="--initrd is for Linux"):
+        crash_plan(initrd=b"x")
+    from pykexec.images import multiboot
+    with pytest.raises(UsageError, match="multiboot-x86 image cannot be a crash kernel"):
+        multiboot.plan(LoadRequest("xen", xen_like(), HOST, crash=True, modules=[DOM0]))
+    no_low = Machine(memory=MemoryMap([r for r in QEMU_1G if r.range.start >= 0x100000]), crash_kernel=CRASH)
+    with pytest.raises(UsageError, match="no RAM below 640 KiB"):
+        crash_plan(machine=no_low)

@@ -249,7 +249,18 @@ def plan(req: LoadRequest) -> LoadPlan:
                          meminfo=meminfo, mmap=mmap, load_base=placed.base if with_base else None, rsdp=rsdp)
         return common.BootInfo(len(data), lambda addr: data)
 
-    result = common.plan_multiboot(req, NAME, image, needs.relocation, make_info, mb2.BOOTLOADER_MAGIC)
+    if req.crash:
+        from pykexec import xen_crash_kernel
+
+        def crash_mbi(cmdline: bytes, modules: list[tuple[int, int, bytes]], crash_meminfo: tuple[int, int],
+                      crash_mmap: list[tuple[int, int, int]], base: int) -> bytes:
+            return build_mbi(cmdline=cmdline, loader_name=common.loader_name(), modules=modules,
+                             meminfo=crash_meminfo, mmap=crash_mmap, load_base=base if with_base else None,
+                             rsdp=rsdp)
+
+        result = xen_crash_kernel.plan(req, NAME, image, needs.relocation, crash_mbi, mb2.BOOTLOADER_MAGIC)
+    else:
+        result = common.plan_multiboot(req, NAME, image, needs.relocation, make_info, mb2.BOOTLOADER_MAGIC)
     if req.machine.acpi_rsdp and rsdp is None:
         result.notes.append("no ACPI tags: the RSDP's bytes cannot be read here (the image must find the "
                             "RSDP itself)")

@@ -329,8 +329,8 @@ def plan_multiboot(req: LoadRequest, type_name: str, image: ImageLoad, reloc: Re
     mode with EAX = ``magic`` and EBX = the boot information's address."""
     path = str(req.kernel_path)
     if req.crash:
-        raise UsageError(f"-p: a {type_name} image cannot be a crash kernel (Xen cannot run as one); load it "
-                         "with -l")
+        raise UsageError(f"-p: a {type_name} image cannot be a crash kernel (only Multiboot 2, with dom0 as "
+                         "--module, can: docs/xen-crash-kernel.md); load it with -l")
     if req.initrd is not None:
         raise UsageError("--initrd is for Linux images; pass a multiboot kernel's initrd with --module")
     needed = len(image.chunks) + len(req.modules) + 2  # + boot information + purgatory
@@ -354,18 +354,23 @@ def plan_multiboot(req: LoadRequest, type_name: str, image: ImageLoad, reloc: Re
     plan.segments.append(Segment("mbi", info_addr, align_up(info.size, PAGE_SIZE), data))
     if image.base != linked_at:
         plan.notes.append(f"image relocated from {linked_at:#x} to {image.base:#x}")
-    _attach_purgatory(plan, alloc, image.entry, magic, info_addr, req.purgatory_console)
+    attach_purgatory(plan, alloc, image.entry, magic, info_addr, req.purgatory_console)
     return plan
 
 
-def _attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, eax: int, ebx: int, console: int) -> None:
+def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, eax: int, ebx: int, console: int,
+                     backup: tuple[Range, int] | None = None) -> None:
+    """Purgatory in JUMP_32 mode; with ``backup`` = (source, copy address) it first
+    copies the source aside (a crash kernel that writes low memory)."""
     from pykexec.purgatory import Mode, Purgatory, PurgatoryParams, Region
 
     purgatory = Purgatory.load()
     # JUMP_32 runs its last steps in 32-bit code: purgatory itself must be below 4 GiB.
     addr = alloc.allocate(purgatory.memsz, max_addr=LAST_32BIT, what="purgatory")
     regions = [Region(s.mem, s.bufsz, s.sha256) for s in plan.sorted_segments() if s.bufsz]
+    src, copy = backup if backup is not None else (Range(0, 0), 0)
     blob = purgatory.render(PurgatoryParams(entry=entry, mode=Mode.JUMP_32, eax=eax, ebx=ebx, regions=regions,
-                                            console_port=console))
+                                            console_port=console, backup_src=src.start, backup_dst=copy,
+                                            backup_size=src.size))
     plan.segments.append(Segment("purgatory", addr, align_up(purgatory.memsz, PAGE_SIZE), blob))
     plan.entry = addr + purgatory.entry_offset
