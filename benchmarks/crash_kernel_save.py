@@ -13,6 +13,9 @@ rounds interleaved):
 * ``pykexec vmcore save`` with its defaults (zstd 1, -d 31), ``--level -3`` and
   ``--compress zlib``;
 * ``pykexec vmcore save --help``: Python's start-up, to tell it apart from the saving;
+* ``--memory SIZE --workload``: a larger first kernel whose memory
+  benchmarks/first_kernel_workload.py fills first; the outputs then go to an ext4 disk
+  (a large guest's dump does not fit in the crash kernel's RAM);
 * ``--variant OPTIONS`` (repeatable): more save options to time, e.g. ``--level -1`` or
   ``PYKEXEC_VMCORE_READ=pread`` (pages read with pread instead of from the map).
 
@@ -188,8 +191,20 @@ if os.path.exists("/testbed/ckcodecs.py"):  # --codecs: each codec on the same k
 """ % {"info": INFO, "fail": FAIL, "result": RESULT, "profile": PROFILE, "same": SAME}
 
 CRASH_INIT = f"""echo "crash kernel up: $(uname -r) $(cat /proc/cmdline)"
-python3 /testbed/ckbench.py "$RUNS" {OUT}
-echo "{DONE} rc=$?"
+# With --workload the outputs go to an ext4 disk (the second virtio disk) mounted on /tmp:
+# a dump of a large guest does not fit in the crash kernel's RAM.
+if [ -n "$OUT_DISK" ]; then
+    for m in $MODULES; do insmod "$m"; done
+    n=0
+    while [ ! -b "$OUT_DISK" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+    mount -t ext4 "$OUT_DISK" /tmp || OUT_DISK=missing
+fi
+if [ "$OUT_DISK" = missing ]; then
+    echo "{DONE} rc=97 (the output disk did not mount)"
+else
+    python3 /testbed/ckbench.py "$RUNS" {OUT}
+    echo "{DONE} rc=$?"
+fi
 """
 
 
@@ -256,6 +271,7 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
         first_files: dict[str, Path | str | bytes] = {"testbed/crash.cpio.gz": Path(tmp) / "crash.cpio.gz"}
         extra_args: list[str] = []
         modules: list[str] | None = None
+        mods: dict[str, bytes] = {}
         if workload:
             from support.vmcore_fixture import virtio_blk_module_files
 
@@ -275,9 +291,19 @@ def run_in_crash_kernel(kernel: str, smp: int, runs: int, timeout: float, comman
         if profile:
             files["testbed/ckprofile.json"] = json.dumps(["-m", "pykexec.vmcore.cli", "save", "/proc/vmcore",
                                                           OUT]).encode()
-        build_initramfs(Path(tmp) / "crash.cpio.gz", f"RUNS={runs}\n" + CRASH_INIT, files,
-                                with_python=True, with_pykexec=True, assets=assets, kernels=(),
-                                compress=True)
+        settings = f"RUNS={runs}\n"
+        if workload:
+            # The first disk is the workload's page cache; the second the crash kernel's output.
+            from support.testbed.ext4 import make_image
+
+            (Path(tmp) / "empty").mkdir()
+            make_image(Path(tmp) / "out.img", Path(tmp) / "empty", size_bytes=_bytes(memory) // 2 + (1 << 30),
+                       label="ckbench-out")
+            extra_args += ["-drive", f"file={Path(tmp) / 'out.img'},format=raw,if=virtio,cache=unsafe"]
+            files.update(mods)
+            settings += f"OUT_DISK=/dev/vdb\nMODULES='{' '.join('/' + name for name in mods)}'\n"
+        build_initramfs(Path(tmp) / "crash.cpio.gz", settings + CRASH_INIT, files, with_python=True,
+                        with_pykexec=True, assets=assets, kernels=(), compress=True)
         run = run_guest_script(
             first_kernel(crash_cpus, modules), assets, kernel=kernel, smp=max(smp, crash_cpus), memory=memory,
             append_extra="crashkernel=256M", extra_files=first_files, extra_args=extra_args,
