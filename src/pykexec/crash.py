@@ -176,7 +176,10 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
     rwx = E.PF_R | E.PF_W | E.PF_X
     if sources.kernel_image is not None:
         k = sources.kernel_image
-        phdrs.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=k.paddr, p_vaddr=k.vaddr,
+        at = k.paddr  # read from the copy when the image lies in the backed-up range (a Xen crash kernel's)
+        if backup is not None and backup[0].contains(Range.sized(k.paddr, k.size)):
+            at = backup[1] + k.paddr - backup[0].start
+        phdrs.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=at, p_vaddr=k.vaddr,
                                   p_paddr=k.paddr, p_filesz=k.size, p_memsz=k.size))
     for r in ranges:
         pieces = [(r, r.start)]

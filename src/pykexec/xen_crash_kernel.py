@@ -21,7 +21,7 @@ from pykexec.layouts.kexec import KEXEC_SEGMENT_MAX
 from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.linux_boot import window_for
 from pykexec.machine import Machine
-from pykexec.memory import Allocator, MemoryMap, Range, align_up
+from pykexec.memory import Allocator, MemoryMap, MemType, MiB, Range, Region, align_up, subtract
 from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
 from pykexec.request import LoadRequest
 
@@ -30,6 +30,8 @@ EARLY_STACK = Range(0xFFC, 0x1000)  # head.S __start: esp = 0x1000, one call/pop
 NO_REAL_MODE = "no-real-mode"
 DOM0_CMDLINE_MAX = 1023  # MAX_GUEST_CMDLINE (1024) with its NUL; Xen truncates silently
 _U32 = 0xFFFFFFFF
+# Xen's start info, boot page tables and stack follow dom0's image (dom0_build.c): a bound.
+DOM0_START_INFO_ROOM = 8 * MiB
 BDA_EBDA_SEGMENT = 0x40E  # u16: the EBDA's real-mode segment
 BDA_BASE_MEMORY = 0x413  # u16: conventional memory in KiB
 
@@ -86,12 +88,36 @@ def dom0_module_cmdline(module_cmdline: str, elfcorehdr: int, *, kextra: str = "
     return out
 
 
-def memory_map(memory: MemoryMap, crash_region: Range, kept: list[Range]) -> MemoryMap:
-    """The crash Xen's memory map: the same one a Linux crash kernel gets
-    (:func:`pykexec.crash.crash_memory_map`): low RAM (backed up), the crash region
-    minus ``kept`` (elfcorehdr, backup copy: left out so Xen does not reuse them and
-    dom0 may map them as I/O), firmware regions as they are, the crashed RAM absent."""
-    return crash.crash_memory_map(memory, crash_region, kept)
+def memory_map(memory: MemoryMap, crash_region: Range, kept: list[Range],
+               backed_up: Range = Range(0, crash.BACKUP_END)) -> MemoryMap:
+    """The crash Xen's memory map: the RAM in ``backed_up`` (copied aside by purgatory),
+    the crash region minus ``kept`` (elfcorehdr, backup copy: left out so Xen does not
+    reuse them and dom0 may map them as I/O), firmware regions as they are, the rest of
+    the crashed kernel's RAM absent."""
+    saved = [r for r in (x.intersect(backed_up) for x in memory.ram()) if r]
+    regions = [Region(r, MemType.RAM) for r in subtract(saved + [crash_region], kept)]
+    regions += [reg for reg in memory if reg.type is not MemType.RAM]
+    return MemoryMap(regions)
+
+
+def dom0_span(kernel: bytes, what: str) -> Range:
+    """The pseudo-physical range a PV dom0 Linux occupies from its first instruction:
+    from its load address (the bzImage's pref_address, or the ELF's lowest PT_LOAD)
+    through its init_size (or last PT_LOAD), plus room for what Xen puts right after
+    it (start info, boot page tables, boot stack). Linux's ``xen_memory_setup()``
+    (arch/x86/xen/setup.c) stops with "Xen hypervisor allocated kernel memory conflicts
+    with E820 map" unless this range is RAM in the machine map."""
+    if kernel[:4] == b"\x7fELF":
+        from pykexec.images.elf import load_segments
+
+        loads, _ = load_segments(kernel)
+        start, end = min(p for p, _, _ in loads), max(p + n for p, n, _ in loads)
+    else:
+        from pykexec.images.bzimage import check_bzimage
+
+        header = check_bzimage(kernel, what)
+        start, end = header.pref_address, header.pref_address + header.init_size
+    return Range(start, align_up(end + DOM0_START_INFO_ROOM, 2 * MiB))
 
 
 def multiboot_mmap(crash_map: MemoryMap) -> list[tuple[int, int, int]]:
@@ -156,7 +182,19 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
     if low is None:
         raise UsageError(f"-p with {type_name}: no RAM below 640 KiB on {machine.source} to copy aside, and "
                          "Xen writes its trampoline there")
-    backup_src = Range(0, low.end)  # from 0: Xen's first stack bytes are at 0xffc
+    # From 0 (Xen's first stack bytes are at 0xffc) through dom0's image: a PV dom0
+    # needs its own span to be RAM in the map (see dom0_span), so that RAM is given to
+    # the crash Xen after purgatory copies the crashed kernel's content aside.
+    span = dom0_span(req.modules[0].data, f"dom0 kernel {req.modules[0].path}")
+    sources = machine.dump or crash.DumpSources()
+    end = max(low.end, span.end)
+    image_span = sources.kernel_image
+    if image_span is not None and image_span.paddr < end:  # the crashed kernel's image: all or nothing
+        end = max(end, align_up(image_span.paddr + image_span.size, PAGE_SIZE))
+    backup_src = Range(0, end)
+    if backup_src.overlaps(region):
+        raise UsageError(f"-p with {type_name}: dom0's kernel needs RAM up to {span.end:#x}, which overlaps "
+                         f"the crash kernel region {region}; reserve it higher (crashkernel=SIZE@OFFSET)")
     xen_args = xen_cmdline(req.cmdline)
     kextra = xen_args.partition(" -- ")[2]
 
@@ -174,13 +212,12 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
 
     copy = alloc.allocate(backup_src.size, what="low-memory backup")
     backup = (backup_src, copy)
-    sources = machine.dump or crash.DumpSources()
     ranges = crash.dump_ranges(machine.memory, region)
     size = crash.elfcorehdr_size(sources, ranges, True)
     hdr_addr = alloc.allocate(size, what="elfcorehdr")
     header = crash.build_elfcorehdr(sources, ranges, backup=backup, address=hdr_addr)
     kept = [Range.sized(copy, align_up(backup_src.size, PAGE_SIZE)), Range.sized(hdr_addr, align_up(size, PAGE_SIZE))]
-    crash_map = memory_map(machine.memory, region, kept)
+    crash_map = memory_map(machine.memory, region, kept, backup_src)
     mmap = multiboot_mmap(crash_map)
     meminfo = common.basic_meminfo(crash_map)
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from pykexec import crash, xen_crash_kernel as xck
-from pykexec.errors import UsageError
+from pykexec.errors import ImageFormatError, UsageError
 from pykexec.images import multiboot_common as common
 from pykexec.images.multiboot2 import build_mbi
 from pykexec.memory import MemoryMap, MemType, Range, Region
@@ -104,7 +104,7 @@ def test_crash_xen_memory_map_as_multiboot2_bytes():
     mbi = build_mbi(cmdline=b"xen", loader_name=b"pykexec", modules=[],
                     meminfo=common.basic_meminfo(crash_map), mmap=entries)
     tags = _tags(mbi)
-    assert struct.unpack("<II", tags[4]) == (639, 0)  # mem_lower: Xen's trampoline stays below 639 KiB
+    assert struct.unpack("<II", tags[4]) == (639, 0)  # mem_lower: Xen's trampoline stays below 639 KiB  # mem_lower: Xen's trampoline stays below 639 KiB
     mmap = tags[6]
     assert mmap[:8] == struct.pack("<II", 24, 0)
     assert mmap[8:] == b"".join(struct.pack("<QQII", b, n, t, 0) for b, n, t in expected)
@@ -138,11 +138,15 @@ from pykexec.machine import Machine  # noqa: E402
 from pykexec.purgatory import Purgatory  # noqa: E402
 from pykexec.request import LoadRequest, Module  # noqa: E402
 from support.multiboot_synth import xen_like  # noqa: E402
+from support.synth_images import make_bzimage  # noqa: E402
 
 SOURCES = DumpSources(cpu_notes=(Range.sized(0x3F000000, 0x400),), vmcoreinfo=Range.sized(0x3E000000, 0x1000),
                       kernel_image=KernelImage(0xFFFFFFFF81000000, 0x1000000, 0x2000000), kernel_release="6.1.0")
 HOST = Machine(memory=QEMU_1G, crash_kernel=CRASH, dump=SOURCES, source="test machine")
-DOM0 = Module("vmlinuz", b"K" * 0x5000, "vmlinuz console=hvc0")
+DOM0 = Module("vmlinuz", make_bzimage(), "vmlinuz console=hvc0")  # at 16 MiB, init_size 8 MiB
+# What purgatory copies aside: 0 through the crashed kernel's image (16-48 MiB), which
+# covers dom0's span too (16 MiB + 8 MiB + 8 MiB for Xen's start info, 2 MiB aligned).
+BACKED_UP = Range(0, 0x3000000)
 INITRD = Module("initrd", b"I" * 0x3000, "initrd")
 
 
@@ -177,27 +181,30 @@ def test_every_segment_of_the_crash_xen_lies_in_the_crash_region():
     ordered = plan.sorted_segments()
     assert all(a.range.end <= b.mem for a, b in zip(ordered, ordered[1:]))  # no overlaps
     backup = _seg(plan, "backup")
-    assert backup.bufsz == 0 and backup.memsz == 0xA0000
+    assert backup.bufsz == 0 and backup.memsz == BACKED_UP.size
 
 
 def test_purgatory_copies_low_memory_into_the_backup_segment_before_entering_xen():
     plan = crash_plan()
     purg = _seg(plan, "purgatory")
     params = PurgatoryParamsBlock.from_buffer_copy(purg.data, Purgatory.load().params_offset)
-    assert (params.backup_src, params.backup_dst, params.backup_size) == (0, _seg(plan, "backup").mem, 0x9FC00)
+    assert (params.backup_src, params.backup_dst, params.backup_size) == (0, _seg(plan, "backup").mem, BACKED_UP.size)
     assert params.mode == 1 and params.eax == 0x36D76289 and params.ebx == _seg(plan, "mbi").mem
     assert params.entry == plan.kernel_entry
 
 
-def test_the_elfcorehdr_reads_low_memory_from_the_copy_and_leaves_the_crash_region_out():
+def test_the_elfcorehdr_reads_the_backed_up_memory_from_the_copy_and_leaves_the_crash_region_out():
     plan = crash_plan()
     hdr = _seg(plan, "elfcorehdr").data
     ehdr = E.Elf64_Ehdr.from_buffer_copy(hdr)
     phdrs = [E.Elf64_Phdr.from_buffer_copy(hdr, ehdr.e_phoff + i * ehdr.e_phentsize) for i in range(ehdr.e_phnum)]
     loads = [(p.p_paddr, p.p_offset, p.p_memsz) for p in phdrs if p.p_type == E.PT_LOAD and p.p_vaddr < 0xFFFFFFFF80000000]
     copy = _seg(plan, "backup").mem
-    assert loads == [(0x0, copy, 0x9FC00), (0x100000, 0x100000, CRASH.start - 0x100000),
+    assert loads == [(0x0, copy, 0x9FC00), (0x100000, copy + 0x100000, BACKED_UP.end - 0x100000),
+                     (BACKED_UP.end, BACKED_UP.end, CRASH.start - BACKED_UP.end),
                      (CRASH.end, CRASH.end, 0x3FFE0000 - CRASH.end)]
+    (image,) = [p for p in phdrs if p.p_type == E.PT_LOAD and p.p_vaddr >= 0xFFFFFFFF80000000]
+    assert (image.p_paddr, image.p_offset) == (0x1000000, copy + 0x1000000)  # the crashed kernel's text, saved
 
 
 def test_xen_gets_no_real_mode_and_dom0_the_elfcorehdr_on_its_module_string():
@@ -209,20 +216,21 @@ def test_xen_gets_no_real_mode_and_dom0_the_elfcorehdr_on_its_module_string():
     starts = [struct.unpack_from("<II", m) for m in modules]
     assert [m[8:] for m in modules] == [f"vmlinuz console=hvc0 elfcorehdr={hdr:#x}\0".encode(), b"initrd\0"]
     mods = [s for s in plan.segments if s.role == "module"]
-    assert starts == [(mods[0].mem, mods[0].mem + 0x5000), (mods[1].mem, mods[1].mem + 0x3000)]
+    assert starts == [(mods[0].mem, mods[0].mem + len(DOM0.data)), (mods[1].mem, mods[1].mem + 0x3000)]
     assert plan.cmdline == "xen.gz console=com1 nosmp no-real-mode -- loglevel=8"
 
 
 def test_the_mbi_memory_map_is_low_ram_plus_the_crash_region_minus_the_kept_pieces():
     plan = crash_plan()
     tags = dict(_mbi_tags(_seg(plan, "mbi").data))
-    assert struct.unpack("<II", tags[4]) == (639, 0)
+    assert struct.unpack("<II", tags[4]) == (639, (BACKED_UP.end >> 10) - 1024)
     entries = [struct.unpack_from("<QQII", tags[6], 8 + 24 * i)[:3] for i in range((len(tags[6]) - 8) // 24)]
-    kept = sorted([_seg(plan, "backup").range, _seg(plan, "elfcorehdr").range])
-    assert kept[0].end == kept[1].start  # allocated top down, side by side
+    kept = [_seg(plan, "backup").range, _seg(plan, "elfcorehdr").range]
     ram = [(b, n) for b, n, t in entries if t == 1]
-    assert ram == [(0, 0x9FC00), (CRASH.start, kept[0].start - CRASH.start),
-                   (kept[1].end, CRASH.end - kept[1].end)]
+    assert ram[:2] == [(0, 0x9FC00), (0x100000, BACKED_UP.end - 0x100000)]  # saved by purgatory first
+    crash_ram = [Range.sized(b, n) for b, n in ram[2:]]
+    assert sum(r.size for r in crash_ram) == CRASH.size - sum(k.size for k in kept)
+    assert all(CRASH.contains(r) and not any(r.overlaps(k) for k in kept) for r in crash_ram)
     assert [(b, n, t) for b, n, t in entries if t != 1] == [
         (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2), (0x3FFE0000, 0x20000, 2), (0xFFFC0000, 0x40000, 2)]
 
@@ -253,3 +261,35 @@ def test_other_crash_loads_of_multiboot_images_are_refused():
     no_low = Machine(memory=MemoryMap([r for r in QEMU_1G if r.range.start >= 0x100000]), crash_kernel=CRASH)
     with pytest.raises(UsageError, match="no RAM below 640 KiB"):
         crash_plan(machine=no_low)
+
+
+def test_dom0s_span_comes_from_its_header_and_must_stay_below_the_crash_region():
+    assert xck.dom0_span(make_bzimage(init_size=0x3F98000), "dom0") == Range(0x1000000, 0x5800000)
+    low_crash = Machine(memory=QEMU_1G, crash_kernel=Range(0x1000000, 0x11000000), dump=SOURCES)
+    with pytest.raises(UsageError, match="dom0's kernel needs RAM up to 0x2000000, which overlaps the crash"):
+        crash_plan(machine=low_crash)
+    with pytest.raises(ImageFormatError, match="dom0 kernel initrd: no 'HdrS'"):
+        crash_plan(modules=(INITRD, DOM0))
+
+
+def test_dry_run_json_shows_the_crash_plan(tmp_path, capsys):
+    import json
+
+    from pykexec import cli
+
+    (tmp_path / "xen.gz").write_bytes(xen_like())
+    (tmp_path / "vmlinuz").write_bytes(DOM0.data)
+    (tmp_path / "initrd").write_bytes(INITRD.data)
+    machine = {"memory": [{"start": hex(r.range.start), "end": hex(r.range.end - 1),
+                           "type": "System RAM" if r.type is MemType.RAM else "Reserved"} for r in QEMU_1G],
+               "crash_kernel": {"start": hex(CRASH.start), "end": hex(CRASH.end - 1)}}
+    (tmp_path / "m.json").write_text(json.dumps(machine))
+    rc = cli.main(["--dry-run", "--json", "--machine", str(tmp_path / "m.json"), "-p", str(tmp_path / "xen.gz"),
+                   "--command-line", "console=com1 nosmp", "--module", f"{tmp_path}/vmlinuz console=hvc0",
+                   "--module", str(tmp_path / "initrd")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["crash"] is True and out["type"] == "multiboot2-x86"
+    assert out["cmdline"].endswith("console=com1 nosmp no-real-mode")
+    assert {s["role"] for s in out["segments"]} == {"kernel", "module", "backup", "elfcorehdr", "mbi", "purgatory"}
+    assert all(CRASH.contains(Range.sized(int(s["mem"], 16), int(s["memsz"], 16))) for s in out["segments"])
+    assert any("inside the backup 0x0-0x1ffffff" in n for n in out["notes"]), out["notes"]

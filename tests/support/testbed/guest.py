@@ -20,7 +20,8 @@ def run_guest_script(script: str, assets: Assets | None = None, *, kernel: str =
                      with_python: bool = True, with_pykexec: bool = True,
                      with_kexec_tools: bool = True, guest_kernels: Sequence[str] = DEFAULT_GUEST_KERNELS,
                      cpu: str = "qemu64", extra_args: Sequence[str] = (), trace: bool = False,
-                     until: str | None = None, log_path: Path | str | None = None) -> GuestRun:
+                     until: str | None = None, log_path: Path | str | None = None,
+                     watch: Sequence[str] = ()) -> GuestRun:
     """Boot kernel ``kernel`` with an initramfs whose /init runs ``script``.
 
     The guest has busybox, Python 3.11 with pykexec (``/usr/sbin/pykexec``),
@@ -50,6 +51,6 @@ def run_guest_script(script: str, assets: Assets | None = None, *, kernel: str =
                         with_pykexec=with_pykexec, with_kexec_tools=with_kexec_tools,
                         assets=assets, kernels=kernels, boot_kernel=kernel, trace=trace)
         return run_qemu(k.vmlinuz, initrd, cmdline, memory=memory, smp=smp, timeout=timeout,
-                        cpu=cpu, extra_args=extra_args, log_path=log_path, until=until)
+                        cpu=cpu, extra_args=extra_args, log_path=log_path, until=until, watch=watch)
     finally:
         initrd.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from support.testbed.cache import TestbedError, default_cache_dir, flock, prune
+from support.testbed.cache import TestbedError, default_cache_dir, flock_slot, prune
 from support.testbed.guest_init import INIT_MARKER, SCRIPT_EXIT_MARKER, SECOND_KERNEL_MARKER
 
 #: Default guest kernel command line.  ``panic=-1`` + QEMU's ``-no-reboot``
@@ -86,17 +86,27 @@ def _qemu_lock_path() -> Path:
     return default_cache_dir() / ".qemu.lock"
 
 
+def qemu_slots() -> int:
+    """How many guests may run at once: ``$PYKEXEC_QEMU_SLOTS`` (CI sets 2, one per core,
+    with two pytest workers), else 1."""
+    try:
+        return max(1, int(os.environ.get("PYKEXEC_QEMU_SLOTS", "1")))
+    except ValueError:
+        raise TestbedError("PYKEXEC_QEMU_SLOTS must be a number") from None
+
+
 def run_qemu(kernel: Path | str, initrd: Path | str | None, append: str = DEFAULT_APPEND, *,
              memory: str = "1G", smp: int = 1, timeout: float = 120.0, cpu: str = "qemu64",
              extra_args: Sequence[str] = (), log_path: Path | str | None = None,
-             until: str | None = None, serialize: bool = True) -> GuestRun:
+             until: str | None = None, serialize: bool = True, watch: Sequence[str] = ()) -> GuestRun:
     """Boot ``kernel`` under QEMU TCG with the serial console on a pipe.
 
     The console is streamed to ``log_path`` (default: a file in the cache's
     ``logs/``) as it arrives.  QEMU is killed after ``timeout`` seconds, or as
     soon as ``until`` appears on the console.  With ``serialize`` (default)
     runs from all processes using the same cache take turns: the machines
-    this runs on have few cores.  No TTY or stdin is needed.
+    this runs on have few cores.  No TTY or stdin is needed.  The first
+    sighting of each ``watch`` marker is timed too (``marker_times``).
     """
     if log_path is None:
         logs = default_cache_dir() / "logs"
@@ -117,7 +127,7 @@ def run_qemu(kernel: Path | str, initrd: Path | str | None, append: str = DEFAUL
 
     lock_cm: contextlib.AbstractContextManager[object]
     if serialize:
-        lock_cm = flock(_qemu_lock_path())
+        lock_cm = flock_slot(_qemu_lock_path(), qemu_slots())
     else:
         lock_cm = contextlib.nullcontext()
     with lock_cm, open(log_file, "wb") as logf:
@@ -136,7 +146,7 @@ def run_qemu(kernel: Path | str, initrd: Path | str | None, append: str = DEFAUL
                 logf.write(chunk)
                 logf.flush()
                 pending = (pending + chunk)[-4096:]
-                for mk in (INIT_MARKER, SCRIPT_EXIT_MARKER, SECOND_KERNEL_MARKER):
+                for mk in (INIT_MARKER, SCRIPT_EXIT_MARKER, SECOND_KERNEL_MARKER, *watch):
                     if mk not in marker_times and mk.encode() in pending:
                         marker_times[mk] = time.monotonic() - start
                 if until and until.encode() in pending:
