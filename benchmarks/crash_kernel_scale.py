@@ -7,8 +7,8 @@ benchmarks/first_kernel_workload.py has filled the guest's memory as a busy mach
 For each size: ``cat /proc/vmcore``, ``makedumpfile -l`` and ``-c`` at ``-d 31`` and
 pykexec's default save, best of ``--runs``; pages in the RAM bitmap and pages saved
 (the same for every tool: they filter alike), each command's peak resident set
-(wait4), and the ratios.  Then a least-squares fit of each tool's time against pages
-saved and pages of RAM, which says what the time follows.
+(wait4), and the ratios.  Then how each time grew from the smallest guest to the
+largest, against how RAM and the saved pages grew: what the time follows.
 
     .venv/bin/python benchmarks/crash_kernel_scale.py [--sizes 1G,2G,4G,8G] [--runs 2] [--kernel 6.1]
 """
@@ -25,26 +25,6 @@ MDF_C = "makedumpfile -c -d 31 (zlib)"
 TOOLS = (PYKEXEC_DEFAULT, MDF_L, MDF_C, CAT)
 
 
-def fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
-    """Least squares t = a + b * saved + c * ram over (saved, ram, t) points: (a s,
-    b µs per saved page, c µs per page of RAM)."""
-    # Normal equations of a 3-parameter linear model, solved by Cramer's rule.
-    rows = [(1.0, float(s), float(r)) for s, r, _t in points]
-    ata = [[sum(x[i] * x[j] for x in rows) for j in range(3)] for i in range(3)]
-    atb = [sum(x[i] * p[2] for x, p in zip(rows, points)) for i in range(3)]
-
-    def det(m: list[list[float]]) -> float:
-        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
-
-    d = det(ata)
-    coef = []
-    for k in range(3):
-        m = [[atb[i] if j == k else ata[i][j] for j in range(3)] for i in range(3)]
-        coef.append(det(m) / d)
-    return coef[0], coef[1] * 1e6, coef[2] * 1e6
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1G,2G,4G,8G", help="guest memory sizes, QEMU's spelling")
@@ -59,8 +39,12 @@ def main() -> int:
                                          workload=True)
         print(f"{size}: workload {json.dumps(info['workload'])}", flush=True)
         results.append((size, info, rows))
+    report(results, args.runs)
+    return 0
 
-    print(f"\ncrash kernel {results[0][1]['release']}, crashkernel=256M, 1 CPU; best of {args.runs}; under TCG")
+
+def report(results: list[tuple[str, dict, dict[str, Row]]], runs: int) -> None:
+    print(f"\ncrash kernel {results[0][1]['release']}, crashkernel=256M, 1 CPU; best of {runs}; under TCG")
     print(f"{'guest':>5s} {'RAM pages':>9s} {'saved':>7s} {'cache MiB':>9s} {'anon MiB':>8s} {'slab MiB':>8s} | "
           + " | ".join(f"{n.split(' (')[0][:24]:>24s} s  MB  peak" for n in TOOLS[:3]) + f" | {'cat s':>6s}")
     points: dict[str, list[tuple[int, int, float]]] = {n: [] for n in TOOLS}
@@ -82,12 +66,17 @@ def main() -> int:
         print(f"  {size:>3s}: " + "; ".join(
             f"vs {n.split(' -d')[0]}: {ours.best / rows[n].best:.2f}x time, {ours.size / rows[n].size:.2f}x size, "
             f"{max(ours.maxrss) / max(rows[n].maxrss):.2f}x peak" for n in (MDF_L, MDF_C)))
-    if len(results) >= 3:
-        print("\nleast squares, time = a + b * saved pages + c * RAM pages:")
+    # Kept pages grow with memory too (struct pages, slab), so a fit cannot tell the two
+    # apart; growth from the smallest to the largest guest and the cost per page can.
+    if len(results) >= 2:
+        (s0, r0, _), (s1, r1, _) = points[PYKEXEC_DEFAULT][0], points[PYKEXEC_DEFAULT][-1]
+        print(f"\nfrom {results[0][0]} to {results[-1][0]}: RAM pages x{r1 / r0:.1f}, saved pages x{s1 / s0:.1f}; "
+              "time, and microseconds per saved page at each size:")
         for n in TOOLS:
-            a, b, c = fit(points[n])
-            print(f"  {n:38s} a {a:6.2f} s, b {b:6.2f} µs per saved page, c {c:5.3f} µs per RAM page")
-    return 0
+            (_, _, t0), (_, _, t1) = points[n][0], points[n][-1]
+            per = ", ".join(f"{t / saved * 1e6:.0f}" for saved, _ram, t in points[n])
+            print(f"  {n:38s} x{t1 / t0:.1f}; µs per saved page {per}; extra time per extra saved page "
+                  f"{(t1 - t0) / (s1 - s0) * 1e6:.0f} µs, per extra RAM page {(t1 - t0) / (r1 - r0) * 1e6:.1f} µs")
 
 
 if __name__ == "__main__":
