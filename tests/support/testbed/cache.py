@@ -52,6 +52,35 @@ def flock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def flock_slot(path: Path, slots: int, poll: float = 0.2) -> Iterator[int]:
+    """One of ``slots`` exclusive locks: ``path`` itself (slot 0, so a process with
+    one slot shares it with everything using :func:`flock` on ``path``) or
+    ``path.1`` ... ``path.<slots-1>``; waits until one is free and yields its number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [path] + [path.with_name(f"{path.name}.{i}") for i in range(1, slots)]
+    fds = [os.open(name, os.O_RDWR | os.O_CREAT, 0o644) for name in names]
+    held = -1
+    try:
+        if slots == 1:
+            fcntl.flock(fds[0], fcntl.LOCK_EX)
+            held = 0
+        while held < 0:
+            for i, fd in enumerate(fds):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                held = i
+                break
+            else:
+                time.sleep(poll)
+        yield held
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def prune(directory: Path, *, max_age: float) -> None:
     """Delete plain files in ``directory`` older than ``max_age`` seconds."""
     now = time.time()
