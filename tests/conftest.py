@@ -17,5 +17,7 @@ def _order(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if getattr(config.option, "numprocesses", None):
+    # Collection runs in each worker (which has workerinput; its -n option is not set); the
+    # controller hands tests out in the order the workers collected them.
+    if hasattr(config, "workerinput"):
         items.sort(key=_order)  # stable: file order within each class
