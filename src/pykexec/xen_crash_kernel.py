@@ -100,13 +100,16 @@ def memory_map(memory: MemoryMap, crash_region: Range, kept: list[Range],
     return MemoryMap(regions)
 
 
-def dom0_span(kernel: bytes, what: str) -> Range:
-    """The pseudo-physical range a PV dom0 Linux occupies from its first instruction:
-    from its load address (the bzImage's pref_address, or the ELF's lowest PT_LOAD)
-    through its init_size (or last PT_LOAD), plus room for what Xen puts right after
-    it (start info, boot page tables, boot stack). Linux's ``xen_memory_setup()``
-    (arch/x86/xen/setup.c) stops with "Xen hypervisor allocated kernel memory conflicts
-    with E820 map" unless this range is RAM in the machine map."""
+def dom0_span(kernel: bytes, what: str, initrd_size: int = 0) -> Range:
+    """The pseudo-physical range a PV dom0 Linux needs as RAM in the machine map: from
+    its load address (the bzImage's pref_address, or the ELF's lowest PT_LOAD) through
+    its init_size (or last PT_LOAD), room for what Xen puts right after it (start info,
+    boot page tables, boot stack), and then room for its initrd. Linux's
+    ``xen_memory_setup()`` (arch/x86/xen/setup.c) stops with "Xen hypervisor allocated
+    kernel memory conflicts with E820 map" unless the image is RAM there; and since Xen
+    puts the initrd at pseudo-physical ``dom0_mem`` (a hole in a crash map), Linux moves
+    it to a free stretch of one RAM entry (``xen_find_free_area()``) or stops with "Can't
+    find new memory area for initrd needed due to E820 map conflict"."""
     if kernel[:4] == b"\x7fELF":
         from pykexec.images.elf import load_segments
 
@@ -117,7 +120,7 @@ def dom0_span(kernel: bytes, what: str) -> Range:
 
         header = check_bzimage(kernel, what)
         start, end = header.pref_address, header.pref_address + header.init_size
-    return Range(start, align_up(end + DOM0_START_INFO_ROOM, 2 * MiB))
+    return Range(start, align_up(end + DOM0_START_INFO_ROOM + initrd_size, 2 * MiB))
 
 
 def multiboot_mmap(crash_map: MemoryMap) -> list[tuple[int, int, int]]:
@@ -185,7 +188,8 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
     # From 0 (Xen's first stack bytes are at 0xffc) through dom0's image: a PV dom0
     # needs its own span to be RAM in the map (see dom0_span), so that RAM is given to
     # the crash Xen after purgatory copies the crashed kernel's content aside.
-    span = dom0_span(req.modules[0].data, f"dom0 kernel {req.modules[0].path}")
+    initrd_size = len(req.modules[1].data) if len(req.modules) > 1 else 0
+    span = dom0_span(req.modules[0].data, f"dom0 kernel {req.modules[0].path}", initrd_size)
     sources = machine.dump or crash.DumpSources()
     end = max(low.end, span.end)
     image_span = sources.kernel_image

@@ -265,8 +265,10 @@ def test_other_crash_loads_of_multiboot_images_are_refused():
 
 def test_dom0s_span_comes_from_its_header_and_must_stay_below_the_crash_region():
     assert xck.dom0_span(make_bzimage(init_size=0x3F98000), "dom0") == Range(0x1000000, 0x5800000)
+    # and room to move a 25 MiB initrd to (16 + 0x3f98000 + 8 + 25 MiB, 2 MiB aligned)
+    assert xck.dom0_span(make_bzimage(init_size=0x3F98000), "dom0", 25 << 20) == Range(0x1000000, 0x7200000)
     low_crash = Machine(memory=QEMU_1G, crash_kernel=Range(0x1000000, 0x11000000), dump=SOURCES)
-    with pytest.raises(UsageError, match="dom0's kernel needs RAM up to 0x2000000, which overlaps the crash"):
+    with pytest.raises(UsageError, match="dom0's kernel needs RAM up to 0x2200000, which overlaps the crash"):
         crash_plan(machine=low_crash)
     with pytest.raises(ImageFormatError, match="dom0 kernel initrd: no 'HdrS'"):
         crash_plan(modules=(INITRD, DOM0))
@@ -292,4 +294,4 @@ def test_dry_run_json_shows_the_crash_plan(tmp_path, capsys):
     assert out["cmdline"].endswith("console=com1 nosmp no-real-mode")
     assert {s["role"] for s in out["segments"]} == {"kernel", "module", "backup", "elfcorehdr", "mbi", "purgatory"}
     assert all(CRASH.contains(Range.sized(int(s["mem"], 16), int(s["memsz"], 16))) for s in out["segments"])
-    assert any("inside the backup 0x0-0x1ffffff" in n for n in out["notes"]), out["notes"]
+    assert any("inside the backup 0x0-0x21fffff" in n for n in out["notes"]), out["notes"]
