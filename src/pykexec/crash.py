@@ -164,7 +164,12 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
     """The ELF64 core header, to be loaded at ``address``. ``backup`` = (source range,
     address of its copy): the PT_LOAD for that range then reads from the copy, as the
     dump must show the memory as it was before the crash kernel ran. Our own notes follow
-    the program headers, in the same segment, with a PT_NOTE pointing at them."""
+    the program headers, in the same segment, with a PT_NOTE pointing at them.
+
+    Every PT_NOTE comes before the first PT_LOAD: the crash kernel's /proc/vmcore merges
+    the notes into one PT_NOTE and then drops the first N-1 program headers, assuming
+    they were the notes (fs/proc/vmcore.c, merge_note_headers_elf64); a PT_NOTE among
+    the PT_LOADs cost a Xen dump its first PT_LOAD and left a stale PT_NOTE behind."""
     phdrs: list[E.Elf64_Phdr] = []
     own = sources.own_notes()
     for note in sources.cpu_notes:
@@ -173,13 +178,14 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
     for v in ((sources.vmcoreinfo,) if sources.vmcoreinfo is not None else ()) + tuple(sources.extra_notes):
         phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=v.start, p_paddr=v.start, p_filesz=v.size,
                                   p_memsz=v.size))
+    loads: list[E.Elf64_Phdr] = []
     rwx = E.PF_R | E.PF_W | E.PF_X
     if sources.kernel_image is not None:
         k = sources.kernel_image
         at = k.paddr  # read from the copy when the image lies in the backed-up range (a Xen crash kernel's)
         if backup is not None and backup[0].contains(Range.sized(k.paddr, k.size)):
             at = backup[1] + k.paddr - backup[0].start
-        phdrs.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=at, p_vaddr=k.vaddr,
+        loads.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=at, p_vaddr=k.vaddr,
                                   p_paddr=k.paddr, p_filesz=k.size, p_memsz=k.size))
     for r in ranges:
         pieces = [(r, r.start)]
@@ -189,12 +195,13 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
             assert inside is not None
             pieces = [(p, p.start) for p in r.minus(src)] + [(inside, copy + inside.start - src.start)]
         for piece, offset in sorted(pieces, key=lambda x: x[0].start):
-            phdrs.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=offset,
+            loads.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=offset,
                                       p_vaddr=sources.page_offset + piece.start, p_paddr=piece.start,
                                       p_filesz=piece.size, p_memsz=piece.size))
-    if own:  # last, so that it can point just past the program headers
-        at = address + ctypes.sizeof(E.Elf64_Ehdr) + (len(phdrs) + 1) * ctypes.sizeof(E.Elf64_Phdr)
+    if own:  # just past the program headers
+        at = address + ctypes.sizeof(E.Elf64_Ehdr) + (len(phdrs) + 1 + len(loads)) * ctypes.sizeof(E.Elf64_Phdr)
         phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=at, p_paddr=at, p_filesz=len(own), p_memsz=len(own)))
+    phdrs += loads
     ehdr = E.Elf64_Ehdr(e_type=E.ET_CORE, e_machine=machine, e_version=E.EV_CURRENT,
                         e_phoff=ctypes.sizeof(E.Elf64_Ehdr), e_ehsize=ctypes.sizeof(E.Elf64_Ehdr),
                         e_phentsize=ctypes.sizeof(E.Elf64_Phdr), e_phnum=len(phdrs))
