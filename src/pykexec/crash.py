@@ -170,21 +170,26 @@ def build_elfcorehdr(sources: DumpSources, ranges: list[Range], *, machine: int 
     the notes into one PT_NOTE and then drops the first N-1 program headers, assuming
     they were the notes (fs/proc/vmcore.c, merge_note_headers_elf64); a PT_NOTE among
     the PT_LOADs cost a Xen dump its first PT_LOAD and left a stale PT_NOTE behind."""
+    def saved_at(r: Range) -> int:
+        """Where ``r`` is read from: its copy when it lies in the backed-up range (a Xen
+        crash kernel's backup reaches the crashed kernel's notes and image)."""
+        if backup is not None and backup[0].contains(r):
+            return backup[1] + r.start - backup[0].start
+        return r.start
+
     phdrs: list[E.Elf64_Phdr] = []
     own = sources.own_notes()
     for note in sources.cpu_notes:
-        phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=note.start, p_paddr=note.start,
+        phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=saved_at(note), p_paddr=note.start,
                                   p_filesz=note.size, p_memsz=note.size))
     for v in ((sources.vmcoreinfo,) if sources.vmcoreinfo is not None else ()) + tuple(sources.extra_notes):
-        phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=v.start, p_paddr=v.start, p_filesz=v.size,
+        phdrs.append(E.Elf64_Phdr(p_type=E.PT_NOTE, p_offset=saved_at(v), p_paddr=v.start, p_filesz=v.size,
                                   p_memsz=v.size))
     loads: list[E.Elf64_Phdr] = []
     rwx = E.PF_R | E.PF_W | E.PF_X
     if sources.kernel_image is not None:
         k = sources.kernel_image
-        at = k.paddr  # read from the copy when the image lies in the backed-up range (a Xen crash kernel's)
-        if backup is not None and backup[0].contains(Range.sized(k.paddr, k.size)):
-            at = backup[1] + k.paddr - backup[0].start
+        at = saved_at(Range.sized(k.paddr, k.size))
         loads.append(E.Elf64_Phdr(p_type=E.PT_LOAD, p_flags=rwx, p_offset=at, p_vaddr=k.vaddr,
                                   p_paddr=k.paddr, p_filesz=k.size, p_memsz=k.size))
     for r in ranges:

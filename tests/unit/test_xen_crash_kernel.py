@@ -295,3 +295,15 @@ def test_dry_run_json_shows_the_crash_plan(tmp_path, capsys):
     assert {s["role"] for s in out["segments"]} == {"kernel", "module", "backup", "elfcorehdr", "mbi", "purgatory"}
     assert all(CRASH.contains(Range.sized(int(s["mem"], 16), int(s["memsz"], 16))) for s in out["segments"])
     assert any("inside the backup 0x0-0x21fffff" in n for n in out["notes"]), out["notes"]
+
+
+def test_notes_inside_the_backed_up_range_are_read_from_the_copy():
+    # VMCOREINFO in low RAM (seen in QEMU: "no VMCOREINFO note" until the notes followed the copy).
+    sources = SOURCES._replace(vmcoreinfo=Range.sized(0x2000000, 0x1000))
+    plan = crash_plan(machine=HOST._replace(dump=sources))
+    hdr = _seg(plan, "elfcorehdr").data
+    ehdr = E.Elf64_Ehdr.from_buffer_copy(hdr)
+    notes = [E.Elf64_Phdr.from_buffer_copy(hdr, ehdr.e_phoff + i * ehdr.e_phentsize) for i in range(ehdr.e_phnum)]
+    notes = [(p.p_paddr, p.p_offset) for p in notes if p.p_type == E.PT_NOTE]
+    copy = _seg(plan, "backup").mem
+    assert notes == [(0x3F000000, 0x3F000000), (0x2000000, copy + 0x2000000)]
