@@ -386,3 +386,64 @@ def test_hostile_layout_values_keep_everything(tmp_path: Path, key: str, value: 
 def test_exclusion_is_slotted() -> None:
     ex = Exclusion([(1, 2)], dict.fromkeys(KINDS, 0))
     assert not hasattr(ex, "__dict__") and ex.note == "" and "1 ranges" in repr(ex)
+
+
+# -- free pages on the per-CPU lists (percpu_free.py) ----------------------------------------
+
+PERCPU_KEYS = ("OFFSET(page._refcount)=52", "OFFSET(page.lru)=8")
+
+
+def _lru(pfn: int) -> int:
+    return VMEMMAP + pfn * SIZE_PAGE + 8
+
+
+def _link(mem: bytearray, chain: list[int]) -> None:
+    """A circular list through ``chain``: list_head virtual addresses (a struct page's lru,
+    or a head in the direct map), each entry's next and prev written where it lives."""
+    def at(addr: int) -> int:   # the physical offset of a list_head
+        return addr - VMEMMAP + PFN_STRUCT_PAGES * PAGE if addr >= VMEMMAP else addr - DIRECT_MAP
+
+    for i, entry in enumerate(chain):
+        struct.pack_into("<QQ", mem, at(entry), chain[(i + 1) % len(chain)], chain[i - 1])
+
+
+DIRECT_MAP = 0xFFFF888000000000
+
+
+def percpu_mem() -> tuple[bytearray, set[int]]:
+    """The 6.1 machine with two per-CPU lists (heads in the direct map, as per_cpu_pages
+    are) and pages that look free but are not on one; returns the pfns that are."""
+    mem = physical_memory()
+    p = Pages(mem, "6.1")
+    heads = [DIRECT_MAP + 50 * PAGE + 0x40, DIRECT_MAP + 50 * PAGE + 0x50]
+    for pfn in (300, 301, 700, 302, 303, 304, 305, 306):
+        p.mapcount(pfn, -1)                          # no page type: what a free page off the buddy lists has
+    _link(mem, [heads[0], _lru(300), _lru(301), _lru(700)])
+    _link(mem, [heads[1], _lru(304), _lru(305), _lru(306)])
+    struct.pack_into("<QQ", mem, PFN_STRUCT_PAGES * PAGE + 302 * SIZE_PAGE + 8, _lru(302), _lru(302))  # empty list_head
+    struct.pack_into("<QQ", mem, PFN_STRUCT_PAGES * PAGE + 303 * SIZE_PAGE + 8, _lru(301), _lru(300))  # stale links
+    struct.pack_into("<i", mem, PFN_STRUCT_PAGES * PAGE + 304 * SIZE_PAGE + 52, 1)                  # in use
+    p.mapping(305, FILE_MAPPING)                                                                   # e.g. frozen for migration
+    p.flags(306, "private")
+    return mem, {300, 301, 700}
+
+
+@pytest.mark.parametrize("level", [31, 16, 17, 15, 0])
+def test_free_pages_on_per_cpu_lists(tmp_path: Path, level: int) -> None:
+    mem, on_lists = percpu_mem()
+    ex = run(tmp_path, info_lines("6.1", extra=PERCPU_KEYS), mem, level)
+    assert ex.note == ""
+    left_out = {p for s, e in ex.ranges for p in range(s, e)}
+    if level & 16:
+        assert ex.counts["free_percpu"] == 3 and on_lists <= left_out
+        assert ex.counts["free"] == 516
+    else:
+        assert ex.counts["free_percpu"] == 0 and not on_lists & left_out
+    assert not {302, 303, 304, 305, 306} & left_out
+
+
+def test_per_cpu_lists_need_refcount_and_lru_offsets(tmp_path: Path) -> None:
+    mem, on_lists = percpu_mem()
+    for extra in (PERCPU_KEYS[:1], PERCPU_KEYS[1:]):
+        ex = run(tmp_path, info_lines("6.1", extra=extra), mem, 31)
+        assert ex.counts["free_percpu"] == 0 and ex.counts["free"] == 516

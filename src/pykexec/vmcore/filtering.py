@@ -8,7 +8,9 @@ kernel's ``struct page`` array, with VMCOREINFO only (no debug symbols):
 * :mod:`pykexec.vmcore.scan_plan` -- what to look for, from VMCOREINFO and the level;
 * :mod:`pykexec.vmcore.sparsemem` -- where the struct pages are, and their bytes;
 * :mod:`pykexec.vmcore.page_rules` -- makedumpfile's per-page rules, the kinds of
-  pages left out, and the documented differences from makedumpfile 1.7.2.
+  pages left out, and the documented differences from makedumpfile 1.7.2;
+* :mod:`pykexec.vmcore.percpu_free` -- free pages on the per-CPU lists, which
+  makedumpfile keeps and we leave out with the free pages (bit 16).
 
 Entry point: :func:`excluded_pages` (every kind, one scan of the struct pages).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from pykexec.vmcore.errors import VmcoreError
 from pykexec.vmcore.page_rules import KINDS, classify
+from pykexec.vmcore.percpu_free import mark_percpu_free
 from pykexec.vmcore.pfn_runs import mask_runs, merge
 from pykexec.vmcore.scan_plan import ScanPlan, asked_kinds, kept_note
 from pykexec.vmcore.sparsemem import UnknownLayout, present_sections, read_columns
@@ -66,6 +69,8 @@ def _walk(plan: ScanPlan, info: VmcoreInfo, tables: PageTables, ram: Sequence[tu
     for pfn, stop, mem_map in present_sections(info, tables, ram, page):
         cols = read_columns(tables, mem_map, pfn, stop, plan.size, plan.columns)
         kinds, carry = classify(plan, cols, stop - pfn, pfn, carry)
+        if plan.percpu:
+            mark_percpu_free(plan, cols, stop - pfn, pfn, kinds, mem_map, tables.read)
         for code in range(1, len(counts)):
             counts[code] += kinds.count(code)
         mask_runs(kinds.translate(_NONZERO), pfn, ranges)

@@ -77,7 +77,7 @@ class ScanPlan:
     __slots__ = ("scan", "notes", "kept_why", "size", "flags", "mapping", "mapcount", "private", "head",
                  "lru", "priv_bit", "swapcache", "swapbacked", "slab_bit", "hwpoison", "head_mask",
                  "buddy", "offline", "slab_type", "huge_type", "huge_next_bit", "huge_dtor", "order_next",
-                 "free", "cache", "anon", "max_order", "decision", "columns")
+                 "free", "cache", "anon", "max_order", "decision", "columns", "refcount", "list", "percpu")
 
     def __init__(self, info: VmcoreInfo, level: int) -> None:
         def off(name: str) -> int | None:
@@ -110,7 +110,8 @@ class ScanPlan:
         if why:
             self._cannot(why, asked)
             self.scan = False
-            self.free = self.cache = self.anon = False
+            self.free = self.cache = self.anon = self.percpu = False
+            self.refcount = self.list = None
             self.buddy = self.huge_type = self.huge_next_bit = self.huge_dtor = self.order_next = None
             self.decision = b""
             self.columns: tuple[int, ...] = ()
@@ -127,6 +128,10 @@ class ScanPlan:
             else:
                 self.buddy = info.number("PAGE_BUDDY_MAPCOUNT_VALUE") & 0xFFFFFFFF
                 self.free = True
+        # free on a per-CPU list (percpu_free.py): needs the reference count and the list links.
+        self.refcount, self.list = off("page._refcount"), off("page.lru")
+        self.percpu = (self.free and None not in (self.refcount, self.list, self.mapping, self.flags, self.head)
+                       and self.size > 0)
 
         # cache: the anonymous test needs page.mapping (anonymous pages are on the LRU too).
         self.cache = False
@@ -212,6 +217,15 @@ class ScanPlan:
             cols.add(self.private)
         if self.offline is not None:
             field(self.mapcount, 0xFFFFFFFF)
+        if self.percpu:
+            field(self.refcount, 0xFFFFFFFF)
+            field(self.list, (1 << 128) - 1)   # lru.next, lru.prev
+            field(self.mapping, (1 << 64) - 1)
+            field(self.mapcount, 0xFFFFFFFF)
+            for bit in (self.lru, self.slab_bit, self.priv_bit, self.swapcache, self.swapbacked):
+                flag(bit)
+            if self.head_mask is not None:
+                field(self.flags, self.head_mask)
         if self.cache:
             for bit in (self.lru, self.priv_bit, self.swapcache, self.swapbacked):
                 flag(bit)
