@@ -104,7 +104,7 @@ def test_crash_xen_memory_map_as_multiboot2_bytes():
     mbi = build_mbi(cmdline=b"xen", loader_name=b"pykexec", modules=[],
                     meminfo=common.basic_meminfo(crash_map), mmap=entries)
     tags = _tags(mbi)
-    assert struct.unpack("<II", tags[4]) == (639, 0)  # mem_lower: Xen's trampoline stays below 639 KiB  # mem_lower: Xen's trampoline stays below 639 KiB
+    assert struct.unpack("<II", tags[4]) == (639, 0)  # mem_lower: Xen's trampoline stays below 639 KiB
     mmap = tags[6]
     assert mmap[:8] == struct.pack("<II", 24, 0)
     assert mmap[8:] == b"".join(struct.pack("<QQII", b, n, t, 0) for b, n, t in expected)
@@ -188,7 +188,8 @@ def test_purgatory_copies_low_memory_into_the_backup_segment_before_entering_xen
     plan = crash_plan()
     purg = _seg(plan, "purgatory")
     params = PurgatoryParamsBlock.from_buffer_copy(purg.data, Purgatory.load().params_offset)
-    assert (params.backup_src, params.backup_dst, params.backup_size) == (0, _seg(plan, "backup").mem, BACKED_UP.size)
+    backup = (params.backup_src, params.backup_dst, params.backup_size)
+    assert backup == (0, _seg(plan, "backup").mem, BACKED_UP.size)
     assert params.mode == 1 and params.eax == 0x36D76289 and params.ebx == _seg(plan, "mbi").mem
     assert params.entry == plan.kernel_entry
 
@@ -198,7 +199,8 @@ def test_the_elfcorehdr_reads_the_backed_up_memory_from_the_copy_and_leaves_the_
     hdr = _seg(plan, "elfcorehdr").data
     ehdr = E.Elf64_Ehdr.from_buffer_copy(hdr)
     phdrs = [E.Elf64_Phdr.from_buffer_copy(hdr, ehdr.e_phoff + i * ehdr.e_phentsize) for i in range(ehdr.e_phnum)]
-    loads = [(p.p_paddr, p.p_offset, p.p_memsz) for p in phdrs if p.p_type == E.PT_LOAD and p.p_vaddr < 0xFFFFFFFF80000000]
+    loads = [(p.p_paddr, p.p_offset, p.p_memsz) for p in phdrs
+             if p.p_type == E.PT_LOAD and p.p_vaddr < 0xFFFFFFFF80000000]
     copy = _seg(plan, "backup").mem
     assert loads == [(0x0, copy, 0x9FC00), (0x100000, copy + 0x100000, BACKED_UP.end - 0x100000),
                      (BACKED_UP.end, BACKED_UP.end, CRASH.start - BACKED_UP.end),

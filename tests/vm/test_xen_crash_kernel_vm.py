@@ -41,6 +41,7 @@ DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"
 PATTERN_PAGES = 4096  # 16 MiB
 DONE = "XCK-DONE"
 PANIC_MARKER = "XCK-PANICKING"
+XEN_BANNER = "(XEN) Xen version 4.17"
 DMESG_MARKER = "XCK-PANIC-LINE="
 
 # First kernel: the pattern, low memory's digests, the cpio for dom0, the load, the panic.
@@ -113,6 +114,7 @@ print(res.stdout + res.stderr)
 print(f"XCK-LOAD-RC={res.returncode}", flush=True)
 if res.returncode:
     sys.exit(1)
+os.sched_setaffinity(0, {int(sys.argv[4])})  # the CPU that panics, and so the one Xen starts on
 moved = sum(a != b for a, b in zip(pfns, physical_pages()))
 intact = sum(buf[i * PAGE:(i + 1) * PAGE] == page_bytes(i) for i in range(N))
 print(f"XCK-BEFORE-PANIC moved={moved} intact={intact}", flush=True)
@@ -194,14 +196,15 @@ def dom0_crash_initrd(pykexec_assets: Assets, tmp_path_factory: pytest.TempPathF
                                assets=pykexec_assets, kernels=(), compress=True)
 
 
-def _crash_into_xen(assets: Assets, initrd: Path, log: Path, xen_args: str, smp: int) -> GuestRun:
-    script = (f"python3 /root/first.py {PATTERN_PAGES} '{xen_args}' '{DOM0_ARGS}'\n"
+def _crash_into_xen(assets: Assets, initrd: Path, log: Path, xen_args: str, smp: int,
+                    panic_cpu: int = 0) -> GuestRun:
+    script = (f"python3 /root/first.py {PATTERN_PAGES} '{xen_args}' '{DOM0_ARGS}' {panic_cpu}\n"
               "echo XCK-FIRST-RC=$?\n")
     files = {"/boot/xen.gz": xen.xen_gz(assets), "/boot/dom0-vmlinuz": xen.dom0_kernel(assets),
              "/boot/dom0-crash.cpio.gz": initrd, "/root/first.py": FIRST}
     return run_guest_script(script, assets, memory=MEMORY, cpu=xen.XEN_CPU, smp=smp, append_extra=CRASHKERNEL,
                             extra_files=files, guest_kernels=(), with_kexec_tools=False, timeout=240,
-                            until=DONE, log_path=log, watch=(PANIC_MARKER, DMESG_MARKER))
+                            until=DONE, log_path=log, watch=(PANIC_MARKER, XEN_BANNER, xen.DOM0_MARKER, DMESG_MARKER))
 
 
 def _crash_region(run: GuestRun) -> tuple[int, int]:
@@ -226,6 +229,7 @@ def _xen_map(run: GuestRun) -> list[tuple[int, int, str]]:
     return out
 
 
+# The panic runs on CPU 0, the platform's BSP: see test_xen_4_17_entered_on_an_ap_resets_the_machine.
 @pytest.mark.parametrize("smp", [1, 2], ids=["nosmp", "2cpus"])
 def test_xen_crash_kernel_reads_the_crashed_linux(pykexec_assets: Assets, dom0_crash_initrd: Path,
                                                   vm_log_dir: Path, smp: int) -> None:
@@ -264,8 +268,35 @@ def test_xen_crash_kernel_reads_the_crashed_linux(pykexec_assets: Assets, dom0_c
     pages = (0x9F000 - 0x1000) // 4096
     assert f"pages={pages} same={pages} differ=[]" in low, low
 
-    seconds = run.marker_times[DMESG_MARKER] - run.marker_times[PANIC_MARKER]
+    t = run.marker_times
+    seconds = t[DMESG_MARKER] - t[PANIC_MARKER]
+    steps = (f"panic to Xen's banner {t[XEN_BANNER] - t[PANIC_MARKER]:.1f} s, to dom0's init "
+             f"{t[xen.DOM0_MARKER] - t[XEN_BANNER]:.1f} s, "
+             f"to the dump's panic line {t[DMESG_MARKER] - t[xen.DOM0_MARKER]:.1f} s")
     print(f"\nXen crash kernel ({smp} CPU): crash region {start:#x}-{end:#x} ({(end - start) >> 20} MiB), "
           f"backup 0-{saved:#x} copied to {copy:#x}, "
-          f"Xen RAM {[(hex(s), hex(e)) for s, e in ram]}, panic to dom0's dmesg of the dump {seconds:.1f} s, "
+          f"Xen RAM {[(hex(s), hex(e)) for s, e in ram]}, panic to dom0's dmesg of the dump {seconds:.1f} s ({steps}), "
           f"run {run.duration:.1f} s")
+
+
+def test_xen_4_17_entered_on_an_ap_resets_the_machine(pykexec_assets: Assets, dom0_crash_initrd: Path,
+                                                       vm_log_dir: Path) -> None:
+    """What Xen 4.17 does when the panic (and so the crash Xen) runs on an AP: it takes
+    the CPU it runs on for its BSP and wakes every other CPU in the MADT with
+    INIT-SIPI-SIPI (xen/arch/x86/setup.c ``__start_xen`` -> ``cpu_up`` ->
+    smpboot.c ``do_boot_cpu`` -> ``wakeup_secondary_cpu``), the platform's BSP too; INIT
+    sends a processor whose IA32_APIC_BASE.BSP flag is set to the reset vector, the
+    firmware, and QEMU's -no-reboot ends the run. (Linux crash kernels are told
+    ``disable_cpu_apicid=``; Xen 4.17 has no such option: boot it with ``nosmp``.)"""
+    run = _crash_into_xen(pykexec_assets, dom0_crash_initrd, vm_log_dir / "console.log", XEN_ARGS, 2,
+                          panic_cpu=1)
+    assert "XCK-LOAD-RC=0" in run and not run.timed_out, run.describe()
+    assert re.search(r"CPU: 1 PID: \d+ Comm: python3", run.log.split(PANIC_MARKER, 1)[1]), run.describe()
+    after = run.log.split(XEN_BANNER, 1)
+    assert len(after) == 2, run.describe()
+    # Xen got as far as patching its alternatives (the last step before waking the APs) ...
+    assert "(XEN) alt table" in after[1], run.describe()
+    # ... and then the machine reset: no CPU came up, no dom0, no dump read.
+    assert "Brought up" not in after[1] and xen.DOM0_MARKER not in after[1], run.describe()
+    print(f"\nXen crash kernel entered on CPU 1 of 2: machine reset {run.duration:.1f} s into the run, after "
+          f"'{after[1].strip().splitlines()[-1].strip()}'")
