@@ -1,13 +1,14 @@
-"""Xen as a crash kernel (issue 16): the pure pieces of the plan, no loading yet.
+"""Xen as a crash kernel (issue 16): ``pykexec -p xen.gz --module="vmlinuz ..." --module=initrd``
+from a Linux host. See docs/xen-crash-kernel.md.
 
-See docs/xen-crash-kernel.md. Xen 4.17's early boot writes low memory it never checks
-against the Multiboot map: 4 bytes of stack just below 0x1000, and a 64 KiB trampoline
-area whose place it derives from the BIOS data area and Multiboot ``mem_lower``
-(xen/arch/x86/boot/head.S, ``trampoline_bios_setup``). So the crash plan copies low
-memory aside (purgatory's backup) and checks that copy covers what Xen will write; the
-crash Xen's map holds only the backed-up low RAM and the crash region; ``no-real-mode``
-keeps Xen from asking the BIOS for the whole machine's E820 instead; dom0 learns the
-elfcorehdr from its module string.
+Xen 4.17's early boot writes low memory it never checks against the Multiboot map: 4
+bytes of stack just below 0x1000, and a 64 KiB trampoline area whose place it derives
+from the BIOS data area and Multiboot ``mem_lower`` (xen/arch/x86/boot/head.S,
+``trampoline_bios_setup``); and a PV dom0 Linux needs RAM in the machine map where its
+image and initrd sit pseudo-physically (from 16 MiB). So purgatory copies 0 through
+dom0's span aside, the crash Xen gets that RAM and the crash region only, ``no-real-mode``
+keeps Xen from asking the BIOS for the whole machine's E820 instead, the elfcorehdr reads
+the copied range from the copy, and dom0 learns the elfcorehdr from its module string.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
         raise UsageError(f"-p with {type_name}: dom0's kernel needs RAM up to {span.end:#x}, which overlaps "
                          f"the crash kernel region {region}; reserve it higher (crashkernel=SIZE@OFFSET)")
     xen_args = xen_cmdline(req.cmdline)
+    one_cpu = {"nosmp", "maxcpus=1"} & set(xen_args.partition(" -- ")[0].split())
     kextra = xen_args.partition(" -- ")[2]
 
     needed = len(image.chunks) + len(req.modules) + 4  # + backup, elfcorehdr, MBI, purgatory
@@ -257,6 +259,9 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
     plan.notes.append(f"crash Xen: trampoline {tramp} inside the backup {backup_src} (copied to {copy:#x}); "
                       f"dom0 gets elfcorehdr={hdr_addr:#x}")
     plan.notes.append("crash Xen's memory map: " + ", ".join(f"{b:#x}+{n:#x}:{t}" for b, n, t in mmap))
+    if len(sources.cpu_notes) > 1 and not one_cpu:
+        plan.warnings.append("the crash Xen has no nosmp: Xen 4.17 entered on a CPU other than the boot CPU "
+                             "wakes the boot CPU with INIT and the machine resets (docs/xen-crash-kernel.md)")
     common.attach_purgatory(plan, alloc, image.entry, magic, mbi_addr, req.purgatory_console, backup=backup)
     return plan
 

@@ -309,3 +309,12 @@ def test_notes_inside_the_backed_up_range_are_read_from_the_copy():
     notes = [(p.p_paddr, p.p_offset) for p in notes if p.p_type == E.PT_NOTE]
     copy = _seg(plan, "backup").mem
     assert notes == [(0x3F000000, 0x3F000000), (0x2000000, copy + 0x2000000)]
+
+
+def test_a_crash_xen_for_several_cpus_without_nosmp_is_warned_about():
+    two = HOST._replace(dump=SOURCES._replace(cpu_notes=(Range.sized(0x3F000000, 0x400),
+                                                          Range.sized(0x3F001000, 0x400))))
+    assert any("has no nosmp" in w for w in crash_plan(cmdline="console=com1", machine=two).warnings)
+    assert not crash_plan(cmdline="console=com1 nosmp", machine=two).warnings
+    assert not crash_plan(cmdline="console=com1 maxcpus=1 -- quiet", machine=two).warnings
+    assert not crash_plan(cmdline="console=com1", machine=HOST).warnings  # one CPU

@@ -236,6 +236,7 @@ def test_xen_crash_kernel_reads_the_crashed_linux(pykexec_assets: Assets, dom0_c
     xen_args = XEN_ARGS + (" nosmp" if smp == 1 else "")
     run = _crash_into_xen(pykexec_assets, dom0_crash_initrd, vm_log_dir / "console.log", xen_args, smp)
     assert "XCK-LOAD-RC=0" in run, run.describe()
+    assert ("has no nosmp" in run) == (smp > 1), run.describe()  # the planner's warning
     start, end = _crash_region(run)
     pattern = run.expect("XCK-PATTERN token=")
     assert f"pages={PATTERN_PAGES} " in pattern and f"distinct={PATTERN_PAGES}" in pattern, pattern
