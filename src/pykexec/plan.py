@@ -82,6 +82,9 @@ class LoadPlan:
         self.warnings = warnings if warnings is not None else []
         # A Unified Kernel Image's sections, initrd parts and command line source.
         self.uki = uki
+        # What purgatory copies aside before jumping (low memory, for a crash kernel that
+        # writes it): a backend that maps only the segments for purgatory (Xen) maps it too.
+        self.backup_source: Range | None = None
 
     def sorted_segments(self) -> list[Segment]:
         return sorted(self.segments, key=lambda s: s.mem)

@@ -1,5 +1,6 @@
 """Xen as a crash kernel (issue 16): ``pykexec -p xen.gz --module="vmlinuz ..." --module=initrd``
-from a Linux host. See docs/xen-crash-kernel.md.
+from a Linux host (kexec_load) or a Xen PV dom0 (Xen's kexec_op, KEXEC_TYPE_CRASH: the same
+plan; the Xen backend maps what purgatory copies aside). See docs/xen-crash-kernel.md.
 
 Xen 4.17's early boot writes low memory it never checks against the Multiboot map: 4
 bytes of stack just below 0x1000, and a 64 KiB trampoline area whose place it derives
@@ -23,7 +24,7 @@ from pykexec.layouts.x86_paging import PAGE_SIZE
 from pykexec.linux_boot import window_for
 from pykexec.machine import Machine
 from pykexec.memory import Allocator, MemoryMap, MemType, MiB, Range, Region, align_up, subtract
-from pykexec.plan import BACKEND_KEXEC_LOAD, LoadPlan, Segment
+from pykexec.plan import BACKEND_KEXEC_LOAD, BACKEND_XEN, LoadPlan, Segment
 from pykexec.request import LoadRequest
 
 TRAMPOLINE_AREA = 64 * 1024  # TRAMPOLINE_SPACE + TRAMPOLINE_STACK_SPACE (asm/config.h)
@@ -173,9 +174,9 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
     low memory copied aside by purgatory, a map of only the backed-up low RAM and the
     crash region, ``no-real-mode``, and dom0's module string with ``elfcorehdr=``."""
     machine, path = req.machine, str(req.kernel_path)
-    if req.backend != BACKEND_KEXEC_LOAD:
-        raise UsageError(f"-p with {type_name}: only through kexec_load from a Linux host for now "
-                         f"(not {req.backend})")
+    if req.backend not in (BACKEND_KEXEC_LOAD, BACKEND_XEN):
+        raise UsageError(f"-p with {type_name}: through kexec_load (a Linux host) or Xen's kexec_op (a dom0), "
+                         f"not {req.backend}: purgatory must copy low memory aside")
     if req.initrd is not None:
         raise UsageError("--initrd is for Linux images; pass a multiboot kernel's initrd with --module")
     if not req.modules:

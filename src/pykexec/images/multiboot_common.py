@@ -374,3 +374,4 @@ def attach_purgatory(plan: LoadPlan, alloc: Allocator, entry: int, eax: int, ebx
                                             backup_size=src.size))
     plan.segments.append(Segment("purgatory", addr, align_up(purgatory.memsz, PAGE_SIZE), blob))
     plan.entry = addr + purgatory.entry_offset
+    plan.backup_source = src if src.size else None

@@ -47,11 +47,12 @@ def kexec_type(crash: bool) -> int:
 
 
 def xen_segments(plan: LoadPlan) -> list[XenSegment]:
-    """The plan's segments as Xen takes them: purgatory needs the first MiB mapped, which
+    """The plan's segments as Xen takes them: purgatory needs the first MiB mapped (and
+    all it copies aside: Xen as the crash kernel copies 0 through dom0's span), which
     Xen does only for segments it is given (null-buffer ones, added after the digests)."""
     segs = segments_from_plan(plan)
     if _has_purgatory(plan):
-        segs = with_low_memory_mapped(segs)
+        segs = with_low_memory_mapped(segs, plan.backup_source.end if plan.backup_source else 0)
     return segs
 
 

@@ -72,32 +72,35 @@ def type_name(type_: int) -> str:
     return abi.KEXEC_TYPE_NAMES.get(type_, f"type {type_}")
 
 
-def low_memory_fill(segments: Iterable[XenSegment]) -> list[XenSegment]:
-    """Null-buffer segments covering every gap in 0-1 MiB that no segment covers.
+def low_memory_fill(segments: Iterable[XenSegment], end: int = LOW_MEMORY_END) -> list[XenSegment]:
+    """Null-buffer segments covering every gap in ``[0, end)`` (at least 0-1 MiB) that no
+    segment covers.
 
     Xen maps only the segments' pages for the image; our purgatory reads and writes low
     memory (the kdump backup, the VGA text buffer), so kexec-tools (since 2019) adds
     such segments. They carry no data, so purgatory's digests never include them: add
     them after the digests are computed. Xen exempts null segments from the crash-area
-    bounds but counts them for the overlap rule and the 15-segment limit.
+    bounds but counts them for the overlap rule and the 15-segment limit. ``end`` above
+    1 MiB: purgatory copies more than the first MiB aside (Xen as the crash kernel).
     """
-    covered = sorted(s.range for s in segments if s.dest_maddr < LOW_MEMORY_END and s.dest_size)
+    end = max(end, LOW_MEMORY_END)
+    covered = sorted(s.range for s in segments if s.dest_maddr < end and s.dest_size)
     fill: list[XenSegment] = []
     pos = 0
     for r in covered:
         if r.start > pos:
-            fill.append(XenSegment(None, 0, pos, min(r.start, LOW_MEMORY_END) - pos, LOW_MEMORY_ROLE))
+            fill.append(XenSegment(None, 0, pos, min(r.start, end) - pos, LOW_MEMORY_ROLE))
         pos = max(pos, r.end)
-        if pos >= LOW_MEMORY_END:
+        if pos >= end:
             break
-    if pos < LOW_MEMORY_END:
-        fill.append(XenSegment(None, 0, pos, LOW_MEMORY_END - pos, LOW_MEMORY_ROLE))
+    if pos < end:
+        fill.append(XenSegment(None, 0, pos, end - pos, LOW_MEMORY_ROLE))
     return fill
 
 
-def with_low_memory_mapped(segments: Sequence[XenSegment]) -> list[XenSegment]:
-    """``segments``, in their order, then :func:`low_memory_fill`'s."""
-    return [*segments, *low_memory_fill(segments)]
+def with_low_memory_mapped(segments: Sequence[XenSegment], end: int = LOW_MEMORY_END) -> list[XenSegment]:
+    """``segments``, in their order, then :func:`low_memory_fill`'s up to ``end``."""
+    return [*segments, *low_memory_fill(segments, end)]
 
 
 def crash_pages_needed(segments: Sequence[XenSegment]) -> int:
