@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from support.oracle import REPO_ROOT
+from support.testbed.cache import flock
 
 CACHE = REPO_ROOT / ".cache" / "oracle"
 
@@ -27,28 +31,34 @@ def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def vmlinuz() -> Path:
-    """The bzImage of Debian's current cloud kernel, downloaded once."""
+    """The bzImage of Debian's current cloud kernel, downloaded once.  Under a lock and
+    extracted to a private directory that is then renamed: with two pytest workers, one
+    once read the other's half-written vmlinuz."""
     depends = _run(["apt-cache", "depends", "linux-image-cloud-amd64"]).stdout
     match = re.search(r"Depends:\s*(linux-image-\S+-cloud-amd64)", depends)
     if match is None:
         pytest.fail(f"cannot resolve linux-image-cloud-amd64 from:\n{depends}")
     package = match.group(1)
     extracted = CACHE / package
-    kernels = sorted(extracted.glob("boot/vmlinuz-*"))
-    if kernels:
-        return kernels[0]
     CACHE.mkdir(parents=True, exist_ok=True)
-    debs = sorted(CACHE.glob(f"{package}_*.deb"))
-    if not debs:
-        _run(["apt-get", "download", package], cwd=CACHE)
+    with flock(CACHE / ".lock"):
+        kernels = sorted(extracted.glob("boot/vmlinuz-*"))
+        if kernels:
+            return kernels[0]
         debs = sorted(CACHE.glob(f"{package}_*.deb"))
-    if not debs:
-        pytest.fail(f"apt-get download {package} produced no .deb in {CACHE}")
-    _run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)])
-    kernels = sorted(extracted.glob("boot/vmlinuz-*"))
-    if not kernels:
-        pytest.fail(f"{debs[-1]} contains no boot/vmlinuz-*")
-    return kernels[0]
+        if not debs:
+            _run(["apt-get", "download", package], cwd=CACHE)
+            debs = sorted(CACHE.glob(f"{package}_*.deb"))
+        if not debs:
+            pytest.fail(f"apt-get download {package} produced no .deb in {CACHE}")
+        staging = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=CACHE))
+        _run(["dpkg-deb", "-x", str(debs[-1]), str(staging)])
+        if not list(staging.glob("boot/vmlinuz-*")):
+            pytest.fail(f"{debs[-1]} contains no boot/vmlinuz-*")
+        if extracted.exists():   # a tree without a kernel, left by an interrupted run
+            shutil.rmtree(extracted)
+        os.replace(staging, extracted)
+        return sorted(extracted.glob("boot/vmlinuz-*"))[0]
 
 
 def _newc_entry(name: str, data: bytes, mode: int, ino: int) -> bytes:
