@@ -67,7 +67,8 @@ SAVE_DESCRIPTION = """\
 Save a crash dump (an ELF core such as /proc/vmcore) to DST in makedumpfile's
 kdump-compressed format, read by crash, makedumpfile, libkdumpfile and drgn.
 By default (-d 31) zero, page-cache, user and free pages are left out, as
-makedumpfile -d 31 leaves them out; every other page is compressed.  A dump
+makedumpfile -d 31 leaves them out, and also the free pages waiting on the
+per-CPU lists, which makedumpfile keeps; every other page is compressed.  A dump
 of a Xen machine keeps Xen's frames, leaves out its free frames (16) and other
 domains' frames (8; --xen-keep-domain keeps one), and filters dom0's frames as
 a Linux dump's pages.
@@ -303,7 +304,8 @@ def save_parser() -> Parser:
                              "are faster and larger), zlib 1 to 9 (default 1, as makedumpfile -c)")
     parser.add_argument("-d", "--dump-level", action=_Number, base=0, metavar="N", default=unset,
                         help="makedumpfile's dump level, the sum of what to leave out: 1 zero pages, 2 page cache, "
-                             "4 page cache with private data, 8 user data, 16 free pages; default 31, 0 keeps "
+                             "4 page cache with private data, 8 user data, 16 free pages (the per-CPU lists' "
+                             "too); default 31, 0 keeps "
                              "every page")
     parser.add_argument("--threads", action=_Number, positive=True, metavar="N", default=unset,
                         help="compression threads (default: one per CPU)")
