@@ -215,9 +215,10 @@ def measure_write(directory: str | os.PathLike[str], nbytes: int = WRITE_PROBE_B
     None if it cannot be written there.
 
     The data is random (a file system that compresses must not flatter it) but must not
-    stay in memory: freed page-cache pages wait on the per-CPU free lists, which no dump
-    can tell from used pages, so every later dump would keep them, incompressible (on the
-    Debian test bed's 6.12, 13 MiB more in the next crash's dump).  So the file is written
+    stay in memory: freed page-cache pages wait on the per-CPU free lists, of which a dump
+    leaves out only the pages linked on a list (vmcore/percpu_free.py), not the rest of a
+    high-order block, so later dumps could keep them, incompressible (on the Debian test
+    bed's 6.12, 13 MiB more in the next crash's dump, before percpu_free.py).  So the file is written
     with O_DIRECT from one page-aligned buffer, zeroed before it is freed; buffered (and
     synced) only where the file system refuses O_DIRECT."""
     import mmap
@@ -305,8 +306,8 @@ def predict_here(config: KdumpConfig, paths: Paths, *, write_probe: bool = True)
         prediction = predict(core, dump_level=config.dump_level, compression=config.compression,
                              skip=crash_region_pfns(paths), threads=threads)
     # Measured after the scan: the probe's random pages, freed onto the per-CPU free lists
-    # (which the scan cannot tell from used pages), would count as kept and incompressible
-    # (on the Debian test bed, 50 MiB predicted for a 19 MiB dump).
+    # (whose high-order blocks the scan cannot tell from used pages but by their first
+    # page), would count as kept and incompressible (50 MiB predicted for a 19 MiB dump).
     target = config.parsed_target
     rate = None
     if write_probe and target.kind == "local" and paths.under(target.path).is_dir():
