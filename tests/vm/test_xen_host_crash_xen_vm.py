@@ -4,7 +4,10 @@ QEMU boots Debian's Xen 4.17 (2 GiB, ``crashkernel=512M@1G`` on Xen's line) with
 generic 6.1 kernel as a PV dom0 whose initramfs has Python and pykexec. Dom0 writes a
 per-run token to its kernel log, loads Xen + a PV dom0 as the crash kernel with
 ``pykexec -p`` (through Xen's kexec_op, KEXEC_TYPE_CRASH), and panics with sysrq c;
-Xen kexecs into the crash image. From the serial console:
+Xen kexecs into the crash image. Twice: a one-CPU host, and a two-CPU host whose dom0
+panics on CPU 1, so that the crash Xen starts on an AP (``nosmp mce=0``: with ``nosmp``
+alone Xen 4.17 still wakes the boot CPU to park it and the machine resets; section 6 of
+the doc). From the serial console:
 
 * the load went through Xen's kexec_op and purgatory copied low memory aside;
 * a second Xen 4.17 booted from the Multiboot map (``no-real-mode``, no BIOS E820) with
@@ -19,15 +22,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from support import xen
 from support.testbed.assets import Assets, build_initramfs
 from support.testbed.qemu import run_qemu
 
 # The host: Xen with a crash area; dom0 needs room for a ~100 MB initramfs holding the crash one.
-HOST_XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=768M crashkernel=512M@1G loglvl=all guest_loglvl=all"
+HOST_XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem=768M crashkernel=512M@1G dom0_vcpus_pin loglvl=all "
+                 "guest_loglvl=all")  # dom0_vcpus_pin: dom0's vCPU 1 panics on pCPU 1
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1"
-# The crash Xen (docs/xen-crash-kernel.md section 4): nosmp, dom0_mem below the crash area's size.
-CRASH_XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=384M bootscrub=0 nosmp loglvl=all guest_loglvl=all"
+# The crash Xen (docs/xen-crash-kernel.md section 4): nosmp, dom0_mem below the crash area's size;
+# mce=0 because Xen 4.17 on Intel parks (so first wakes) every CPU even with nosmp (section 6).
+CRASH_XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=384M bootscrub=0 nosmp mce=0 loglvl=all guest_loglvl=all"
 AREA = (0x40000000, 0x60000000)
 PANIC_MARKER = "XHX-PANICKING"
 XEN_BANNER = "(XEN) Xen version 4.17"
@@ -49,7 +56,7 @@ python3 -c 'from pykexec.backends.xen.kexec_op import XenKexec; x = XenKexec.ope
 print("XHX-LOAD-XEN-PHYS-START=%#x" % x.xen_phys_start())'
 echo {PANIC_MARKER}
 drain-console
-echo c > /proc/sysrq-trigger
+taskset -c PANIC_CPU sh -c 'echo c > /proc/sysrq-trigger'
 """
 
 CRASH_DOM0_BODY = f"""
@@ -64,12 +71,15 @@ echo {DONE}
 """
 
 
-def test_a_xen_hosts_crash_kernel_is_xen(pykexec_assets: Assets, tmp_path: Path, vm_log_dir: Path) -> None:
+@pytest.mark.parametrize("smp", [1, 2], ids=["1cpu", "2cpus-crash-on-cpu1"])
+def test_a_xen_hosts_crash_kernel_is_xen(pykexec_assets: Assets, tmp_path: Path, vm_log_dir: Path,
+                                         smp: int) -> None:
+    panic_cpu = smp - 1
     xen.dom0_modules(pykexec_assets)
     crash_initrd = build_initramfs(tmp_path / "dom0-crash.cpio.gz", xen.DOM0_INIT + CRASH_DOM0_BODY, {},
                                    with_python=True, with_pykexec=True, assets=pykexec_assets, kernels=(),
                                    compress=True)
-    script, files = xen.dom0_python_init(HOST_BODY, pykexec_assets)
+    script, files = xen.dom0_python_init(HOST_BODY.replace("PANIC_CPU", str(panic_cpu)), pykexec_assets)
     files["/boot/xen.gz"] = xen.xen_gz(pykexec_assets).read_bytes()
     files["/boot/dom0-vmlinuz"] = xen.dom0_kernel(pykexec_assets).read_bytes()
     files["/boot/dom0-crash.cpio.gz"] = crash_initrd.read_bytes()
@@ -77,7 +87,7 @@ def test_a_xen_hosts_crash_kernel_is_xen(pykexec_assets: Assets, tmp_path: Path,
                              assets=pykexec_assets, kernels=(), compress=False)
     modules = f"{xen.dom0_kernel(pykexec_assets)} {DOM0_ARGS},{initrd}"
     run = run_qemu(xen.xen_elf(pykexec_assets), modules, append=HOST_XEN_ARGS, memory=xen.XEN_MEMORY,
-                   cpu=xen.XEN_CPU, smp=1, timeout=180, until=DONE, log_path=vm_log_dir / "console.log",
+                   cpu=xen.XEN_CPU, smp=smp, timeout=180, until=DONE, log_path=vm_log_dir / "console.log",
                    watch=(PANIC_MARKER, COPIED, CRASH_XEN_MAP, PANIC_LINE))
 
     assert "XHX-LOAD-RC=0" in run and "XHX-CRASH-STATUS=1" in run, run.describe()
@@ -91,11 +101,12 @@ def test_a_xen_hosts_crash_kernel_is_xen(pykexec_assets: Assets, tmp_path: Path,
     at_load = run.expect("XHX-LOAD-XEN-PHYS-START=").split("=", 1)[1].strip()
 
     after = run.log.split(PANIC_MARKER, 1)[1]
-    assert "(XEN) Hardware Dom0 crashed: Executing kexec image" in after, run.describe()
+    assert f"(XEN) Hardware Dom0 crashed: Executing kexec image on cpu{panic_cpu}" in after, run.describe()
     assert "pykexec purgatory: verified" in after and COPIED in after, run.describe()
     crash_xen = after.split(XEN_BANNER, 1)
     assert len(crash_xen) == 2, run.describe()
     assert "no-real-mode" in crash_xen[1] and "Xen-e820 RAM map" not in crash_xen[1], run.describe()
+    assert "(XEN) Brought up 1 CPUs" in crash_xen[1], run.describe()
     block = crash_xen[1].split(CRASH_XEN_MAP + ":", 1)
     assert len(block) == 2, run.describe()
     ram = []
@@ -120,7 +131,7 @@ def test_a_xen_hosts_crash_kernel_is_xen(pykexec_assets: Assets, tmp_path: Path,
     assert int(run.expect("XHX-DUMP-XEN-PHYS-START=").split("=", 1)[1].strip(), 0) == int(at_load, 16)
 
     t = run.marker_times
-    print(f"\nXen host -> crash Xen: /proc/vmcore {vmcore} bytes, backup 0-{saved:#x} copied to {copy:#x}, crash Xen RAM "
+    print(f"\nXen host ({smp} CPU, crash on CPU {panic_cpu}) -> crash Xen: /proc/vmcore {vmcore} bytes, backup 0-{saved:#x} copied to {copy:#x}, crash Xen RAM "
           f"{[(hex(s), hex(e)) for s, e in ram]}, panic to purgatory's copy done {t[COPIED] - t[PANIC_MARKER]:.1f} s, "
           f"to the crash Xen's map {t[CRASH_XEN_MAP] - t[PANIC_MARKER]:.1f} s, "
           f"to the dump's panic line {t[PANIC_LINE] - t[PANIC_MARKER]:.1f} s, "
