@@ -75,6 +75,21 @@ def xen_cmdline(cmdline: str) -> str:
     return f"{xen_part}{sep}{dom0_part}"
 
 
+def mce_off(cmdline: str) -> bool:
+    """Whether Xen's part of ``cmdline`` turns machine-check handling off (``mce=0`` and the
+    other spellings of Xen's boolean parameters). With it on, Xen 4.17 on a non-AMD CPU
+    parks offline CPUs (``park_offline_cpus``, cpu/common.c) and so wakes every CPU even
+    under ``nosmp``."""
+    words = cmdline.partition(" -- ")[0].split()
+    value = None
+    for w in words:  # the last one wins, as in Xen
+        if w == "no-mce":
+            value = False
+        elif w == "mce" or w.startswith("mce="):
+            value = w.partition("=")[2] not in ("0", "no", "false", "off", "disable")
+    return value is False
+
+
 def dom0_module_cmdline(module_cmdline: str, elfcorehdr: int, *, kextra: str = "") -> str:
     """Module 0's string with ``elfcorehdr=`` for dom0 (Xen drops the first word, the
     file name, and appends ``kextra``, the words after `` -- ``); refuses a string that
@@ -262,7 +277,12 @@ def plan(req: LoadRequest, type_name: str, image: common.ImageLoad, reloc: commo
     plan.notes.append("crash Xen's memory map: " + ", ".join(f"{b:#x}+{n:#x}:{t}" for b, n, t in mmap))
     if len(sources.cpu_notes) > 1 and not one_cpu:
         plan.warnings.append("the crash Xen has no nosmp: Xen 4.17 entered on a CPU other than the boot CPU "
-                             "wakes the boot CPU with INIT and the machine resets (docs/xen-crash-kernel.md)")
+                             "wakes the boot CPU with INIT and the machine resets; give it nosmp mce=0 "
+                             "(docs/xen-crash-kernel.md)")
+    elif len(sources.cpu_notes) > 1 and not mce_off(xen_args):
+        plan.warnings.append("the crash Xen has nosmp but not mce=0: Xen 4.17 on Intel still wakes every CPU to "
+                             "park it, the boot CPU too when the crash runs on another, and the machine resets "
+                             "(docs/xen-crash-kernel.md)")
     common.attach_purgatory(plan, alloc, image.entry, magic, mbi_addr, req.purgatory_console, backup=backup)
     return plan
 

@@ -96,3 +96,11 @@ def test_the_crash_xens_dump_carries_xens_notes_and_reads_low_memory_from_the_co
 def test_the_low_memory_fill_reaches_the_backup_end_and_never_shrinks_below_1_mib():
     assert [(f.dest_maddr, f.dest_size) for f in low_memory_fill([], 0)] == [(0, MiB)]
     assert [(f.dest_maddr, f.dest_size) for f in low_memory_fill([], 0x7000000)] == [(0, 0x7000000)]
+
+
+def test_mce_off_reads_xens_boolean_spellings_in_xens_part_only():
+    from pykexec.xen_crash_kernel import mce_off
+
+    assert mce_off("nosmp mce=0") and mce_off("no-mce") and mce_off("mce=off nosmp")
+    assert not mce_off("nosmp") and not mce_off("mce=0 mce") and not mce_off("mce=1")
+    assert not mce_off("console=com1 -- mce=0")  # dom0's words
