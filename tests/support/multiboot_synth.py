@@ -95,3 +95,19 @@ def rsdp_v2() -> bytes:
     raw[8] = -sum(raw[:20]) & 0xFF
     raw[32] = -sum(raw[:36]) & 0xFF
     return bytes(raw)
+
+
+def qemu_bios_map(ram_bytes: int) -> "MemoryMap":
+    """SeaBIOS' E820 map of a QEMU pc machine with ``ram_bytes`` below 4 GiB (as Xen's
+    machine map reports it too): low RAM up to the EBDA, the BIOS area, RAM from 1 MiB
+    to 128 KiB below the top (ACPI tables), the flash at the top of 4 GiB."""
+    from pykexec.memory import MemoryMap, MemType, Range, Region
+
+    return MemoryMap([
+        Region(Range(0x0, 0x9FC00), MemType.RAM),
+        Region(Range(0x9FC00, 0xA0000), MemType.RESERVED),
+        Region(Range(0xF0000, 0x100000), MemType.RESERVED),
+        Region(Range(0x100000, ram_bytes - 0x20000), MemType.RAM),
+        Region(Range(ram_bytes - 0x20000, ram_bytes), MemType.RESERVED),
+        Region(Range(0xFFFC0000, 0x100000000), MemType.RESERVED),
+    ])

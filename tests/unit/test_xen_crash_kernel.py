@@ -12,16 +12,10 @@ from pykexec.errors import ImageFormatError, UsageError
 from pykexec.images import multiboot_common as common
 from pykexec.images.multiboot2 import build_mbi
 from pykexec.memory import MemoryMap, MemType, Range, Region
+from support.multiboot_synth import qemu_bios_map
 
 # SeaBIOS' map of a 1 GiB QEMU guest, and a 256 MiB crash region.
-QEMU_1G = MemoryMap([
-    Region(Range(0x0, 0x9FC00), MemType.RAM),
-    Region(Range(0x9FC00, 0xA0000), MemType.RESERVED),
-    Region(Range(0xF0000, 0x100000), MemType.RESERVED),
-    Region(Range(0x100000, 0x3FFE0000), MemType.RAM),
-    Region(Range(0x3FFE0000, 0x40000000), MemType.RESERVED),
-    Region(Range(0xFFFC0000, 0x100000000), MemType.RESERVED),
-])
+QEMU_1G = qemu_bios_map(1 << 30)
 CRASH = Range(0x2B000000, 0x3B000000)
 ELFCOREHDR = Range(0x3AFFF000, 0x3B000000)
 BACKUP_COPY = Range(0x3AF5F000, 0x3AFFF000)  # 0x9fc00 bytes, page-rounded

@@ -18,23 +18,16 @@ from pykexec.layouts import elf as E
 from pykexec.layouts import xen as L
 from pykexec.layouts.purgatory import PurgatoryParamsBlock
 from pykexec.machine import Machine
-from pykexec.memory import MemoryMap, MemType, MiB, Range, Region
+from pykexec.memory import MiB, Range
 from pykexec.plan import BACKEND_XEN
 from pykexec.purgatory import Purgatory
 from pykexec.request import LoadRequest, Module
-from support.multiboot_synth import xen_like
+from support.multiboot_synth import qemu_bios_map, xen_like
 from support.synth_images import make_bzimage
 
 # Xen's machine map of a 2 GiB QEMU machine (XENMEM_machine_memory_map) and its crash
 # area (crashkernel=512M@1G on Xen's line, get_range(MA_CRASH)).
-XEN_2G = MemoryMap([
-    Region(Range(0x0, 0x9FC00), MemType.RAM),
-    Region(Range(0x9FC00, 0xA0000), MemType.RESERVED),
-    Region(Range(0xF0000, 0x100000), MemType.RESERVED),
-    Region(Range(0x100000, 0x7FFE0000), MemType.RAM),
-    Region(Range(0x7FFE0000, 0x80000000), MemType.RESERVED),
-    Region(Range(0xFFFC0000, 0x100000000), MemType.RESERVED),
-])
+XEN_2G = qemu_bios_map(2 << 30)
 AREA = Range(0x40000000, 0x60000000)
 # What probe_xen_dom0 gives: Xen's per-pCPU notes and VMCOREINFO_XEN, no Linux image.
 XEN_SOURCES = DumpSources(cpu_notes=(Range.sized(0x7F0000, 0x400),), vmcoreinfo=Range.sized(0x7E5000, 0x1000),
