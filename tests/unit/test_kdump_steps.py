@@ -55,8 +55,10 @@ def test_probe_follows_the_dump_makedumpfile_only(tmp_path: Path) -> None:
     probe = tmp_path / "probe.sh"
     probe.write_text(_PROBE.replace("/dev/kmsg", str(out)).replace("/run/kdump-probe.fifo", str(fifo)))
     fake = tmp_path / "makedumpfile"
-    # About 8 MiB held by bash only in the dump's run: the reading must come from that run.
-    fake.write_text('#!/bin/bash\ncase " $* " in *" -F "*) x=$(head -c 8000000 /dev/zero | tr "\\0" a);; esac\n'
+    # About 24 MB held by bash only in the dump's run: the reading must come from that run.
+    # Built with builtins: a $(...) subshell is a second process named makedumpfile with the
+    # same -F command line, which the probe could pick (and see exit) instead.
+    fake.write_text('#!/bin/bash\ncase " $* " in *" -F "*) printf -v x "%8000000s" ""; y=$x$x;; esac\n'
                     "sleep 0.6\n")
     fake.chmod(0o755)
     script = f"bash {probe} & sleep 0.3; {fake} --dump-dmesg; {fake} -F -c -d 31 /proc/vmcore; wait"
