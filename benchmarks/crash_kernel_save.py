@@ -210,9 +210,19 @@ fi
 
 
 def _bytes(size: str) -> int:
-    """QEMU's memory size spelling (``1G``, ``512M``) in bytes."""
+    """QEMU's memory size spelling (``1G``, ``512M``, a bare number of MiB) in bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(size[:-1]) * units[size[-1].upper()] if size[-1].upper() in units else int(size) << 20
+    unit = units.get(size[-1:].upper())
+    digits = size[:-1] if unit else size
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a memory size: {size!r} (e.g. 1G, 512M)")
+    return int(digits) * (unit or 1 << 20)
+
+
+def memory_size(size: str) -> str:
+    """argparse type: ``size`` checked, kept in QEMU's spelling."""
+    _bytes(size)
+    return size
 
 
 def first_kernel(crash_cpus: int, workload: list[str] | None = None) -> str:
@@ -399,7 +409,7 @@ def main() -> int:
                     help="CPUs of the crash kernel: 1 is maxcpus=1, as kdump runs it; N is nr_cpus=N "
                          "(and makedumpfile --num-threads N rows)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each command in the crash kernel")
-    ap.add_argument("--memory", default=GUEST_MEMORY, help="the first kernel's RAM (QEMU -m), e.g. 8G")
+    ap.add_argument("--memory", type=memory_size, default=GUEST_MEMORY, help="the first kernel's RAM (QEMU -m), e.g. 8G")
     ap.add_argument("--workload", action="store_true",
                     help="fill the first kernel's memory first (benchmarks/first_kernel_workload.py)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before QEMU is killed")

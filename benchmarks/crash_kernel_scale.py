@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from crash_kernel_save import CAT, COMMANDS, HELP, PYKEXEC_DEFAULT, Row, run_in_crash_kernel
+from crash_kernel_save import CAT, COMMANDS, HELP, PYKEXEC_DEFAULT, Row, memory_size, run_in_crash_kernel
 
 MDF_L = "makedumpfile -l -d 31 (lzo)"
 MDF_C = "makedumpfile -c -d 31 (zlib)"
@@ -27,14 +27,15 @@ TOOLS = (PYKEXEC_DEFAULT, MDF_L, MDF_C, CAT)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1G,2G,4G,8G", help="guest memory sizes, QEMU's spelling")
+    ap.add_argument("--sizes", type=lambda v: [memory_size(s) for s in v.split(",")], default="1G,2G,4G,8G",
+                    help="guest memory sizes, QEMU's spelling")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--kernel", default="6.1", choices=("6.1", "6.12"))
     ap.add_argument("--timeout", type=float, default=3600.0)
     args = ap.parse_args()
     commands = [c for c in COMMANDS if c[0] in (HELP, *TOOLS)]
     results: list[tuple[str, dict, dict[str, Row]]] = []
-    for size in args.sizes.split(","):
+    for size in args.sizes:
         info, rows = run_in_crash_kernel(args.kernel, 1, args.runs, args.timeout, commands, memory=size,
                                          workload=True)
         print(f"{size}: workload {json.dumps(info['workload'])}", flush=True)

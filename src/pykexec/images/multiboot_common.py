@@ -150,10 +150,6 @@ class Relocation(namedtuple("Relocation", "min_addr max_addr align preference"))
     preference: int
 
 
-def _window(req: LoadRequest) -> Range:
-    return Range(req.mem_min, req.mem_max + 1)
-
-
 def _is_free(alloc: Allocator, ranges: list[Range]) -> bool:
     free = alloc.free()
     return all(any(f.contains(r) for f in free) for r in ranges)
@@ -337,7 +333,9 @@ def plan_multiboot(req: LoadRequest, type_name: str, image: ImageLoad, reloc: Re
     if needed > KEXEC_SEGMENT_MAX:
         raise UsageError(f"{len(req.modules)} modules, {len(image.chunks)} image segments, the boot information "
                          f"and purgatory make {needed} segments; kexec_load takes at most {KEXEC_SEGMENT_MAX}")
-    alloc = Allocator(req.machine.memory.ram(), _window(req))
+    from pykexec.linux_boot import window_for
+
+    alloc = Allocator(req.machine.memory.ram(), window_for(req))
     linked_at = image.base
     image = place_image(alloc, image, path, reloc)
     modules = place_modules(alloc, req.modules)
